@@ -85,14 +85,14 @@ impl AidRegistry {
             .map(|(i, _)| i);
         match occurrence {
             Occurrence::First => hits.clone().next(),
-            Occurrence::Last => hits.clone().last(),
+            Occurrence::Last => hits.clone().next_back(),
             Occurrence::Next => match current {
                 Some(c) => hits.clone().find(|i| *i > c),
                 None => hits.clone().next(),
             },
             Occurrence::Previous => match current {
-                Some(c) => hits.clone().filter(|i| *i < c).last(),
-                None => hits.clone().last(),
+                Some(c) => hits.clone().filter(|i| *i < c).next_back(),
+                None => hits.clone().next_back(),
             },
         }
     }

@@ -296,7 +296,7 @@ impl<C: CardType> Runtime<C> {
         let outcome = self.card.process(&mut channel.state, cmd, &mut reply);
         let changed = reply.changed();
         let short_le = reply.short_le().unwrap_or(profile_short_le);
-        drop(reply);
+
         if changed {
             self.dirty = true;
         }
