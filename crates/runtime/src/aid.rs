@@ -91,7 +91,7 @@ impl AidRegistry {
                 None => hits.clone().next(),
             },
             Occurrence::Previous => match current {
-                Some(c) => hits.clone().filter(|i| *i < c).next_back(),
+                Some(c) => hits.clone().rfind(|i| *i < c),
                 None => hits.clone().next_back(),
             },
         }
