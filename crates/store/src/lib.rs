@@ -8,6 +8,9 @@
 //! 0700, because they hold PINs and keys.
 #![forbid(unsafe_code)]
 
+mod persisted;
+pub use persisted::Persisted;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
