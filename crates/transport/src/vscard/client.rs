@@ -1,0 +1,605 @@
+//! The I/O adapter: one thread per QEMU connection, driving a
+//! [`ClientSession`] and a [`Card`].
+//!
+//! The thread connects to QEMU's chardev (TCP or a Unix socket), replays the
+//! handshake after every reconnect, and never gives up on a network error: it
+//! retries with exponential backoff until told to stop. Each connection has
+//! its own thread and card, so a VM that hangs only stalls its own thread.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+#[cfg(unix)]
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, info_span, warn};
+use virtcard_runtime::{Card, Link};
+
+use super::frame::Decoder;
+use super::session::{CardState, ClientSession, Event, Phase};
+
+/// Where QEMU's chardev listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            #[cfg(unix)]
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Saves card state durably. Called with the bytes of
+/// [`Card::take_state_change`] before the response that changed them leaves;
+/// if it fails, the guest gets `65 81` (memory failure) instead.
+pub trait Persister: Send {
+    fn persist(&mut self, state: &[u8]) -> io::Result<()>;
+}
+
+impl<F> Persister for F
+where
+    F: FnMut(&[u8]) -> io::Result<()> + Send,
+{
+    fn persist(&mut self, state: &[u8]) -> io::Result<()> {
+        self(state)
+    }
+}
+
+/// How a client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub endpoint: Endpoint,
+    /// Sent in `ReaderAdd`; QEMU ignores it, but it shows up in its debug log.
+    pub reader_name: String,
+    /// Whether the card is in the reader from the start.
+    pub inserted: bool,
+    /// First and longest wait between connection attempts.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// A write that cannot finish in this time means the VM stopped reading:
+    /// the connection is dropped and retried.
+    pub write_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(endpoint: Endpoint) -> ClientConfig {
+        ClientConfig {
+            endpoint,
+            reader_name: "virtcard".to_string(),
+            inserted: true,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A snapshot of a client's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientStatus {
+    /// A socket to QEMU is open.
+    pub connected: bool,
+    /// QEMU confirmed the reader on the current connection.
+    pub reader_added: bool,
+    /// QEMU accepted the ATR on the current connection: the guest sees a card.
+    pub card_inserted: bool,
+    /// The user wants the card in the reader.
+    pub card_wanted: bool,
+    /// Connections opened so far.
+    pub connections: u64,
+    /// ATRs QEMU accepted so far (one per insertion the guest saw).
+    pub insertions: u64,
+    /// APDUs answered so far.
+    pub apdus: u64,
+    /// The last connection or protocol problem.
+    pub last_error: Option<String>,
+    /// The thread has ended (after [`ClientHandle::shutdown`]).
+    pub stopped: bool,
+}
+
+enum Control {
+    Insert,
+    Remove,
+    Shutdown,
+}
+
+struct Shared {
+    status: Mutex<ClientStatus>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ClientStatus> {
+        // A panic elsewhere while holding the lock leaves a status that is
+        // still worth reading.
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ClientStatus)) {
+        f(&mut self.lock());
+        self.changed.notify_all();
+    }
+}
+
+/// Controls a running client from any thread.
+pub struct ClientHandle {
+    endpoint: Endpoint,
+    tx: Sender<Control>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ClientHandle {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Puts the card into the reader (it stays there across reconnects).
+    pub fn insert(&self) {
+        let _ = self.tx.send(Control::Insert);
+    }
+
+    /// Takes the card out of the reader.
+    pub fn remove(&self) {
+        let _ = self.tx.send(Control::Remove);
+    }
+
+    pub fn status(&self) -> ClientStatus {
+        self.shared.lock().clone()
+    }
+
+    /// Waits until `pred` holds for the status or `timeout` passes; returns
+    /// whether it held.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&ClientStatus) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut status = self.shared.lock();
+        loop {
+            if pred(&status) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            status = match self.shared.changed.wait_timeout(status, deadline - now) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Removes card and reader in QEMU (if connected), closes the connection
+    /// and waits for the thread to end.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.tx.send(Control::Shutdown);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                error!(endpoint = %self.endpoint, "client thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts a client thread serving `card` to the QEMU at `config.endpoint`.
+pub fn spawn(
+    config: ClientConfig,
+    card: Box<dyn Card>,
+    persister: Option<Box<dyn Persister>>,
+) -> io::Result<ClientHandle> {
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        status: Mutex::new(ClientStatus {
+            card_wanted: config.inserted,
+            ..ClientStatus::default()
+        }),
+        changed: Condvar::new(),
+    });
+    let endpoint = config.endpoint.clone();
+    let worker = Worker {
+        session: ClientSession::new(config.reader_name.clone()),
+        config,
+        card,
+        persister,
+        rx,
+        shared: Arc::clone(&shared),
+        response: Vec::with_capacity(512),
+        stop: false,
+    };
+    let thread = thread::Builder::new()
+        .name(format!("vscard {endpoint}"))
+        .spawn(move || worker.run())?;
+    Ok(ClientHandle {
+        endpoint,
+        tx,
+        shared,
+        thread: Some(thread),
+    })
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn connect(endpoint: &Endpoint) -> io::Result<Stream> {
+        match endpoint {
+            Endpoint::Tcp { host, port } => {
+                let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+                for addr in (host.as_str(), *port).to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                        Ok(s) => {
+                            // Small lock-step messages: latency matters more than batching.
+                            s.set_nodelay(true)?;
+                            return Ok(Stream::Tcp(s));
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+            #[cfg(unix)]
+            Endpoint::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
+        }
+    }
+
+    fn set_timeouts(&self, read: Duration, write: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(read))?;
+                s.set_write_timeout(Some(write))
+            }
+            #[cfg(unix)]
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(read))?;
+                s.set_write_timeout(Some(write))
+            }
+        }
+    }
+
+    fn close(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How often a connection thread looks at its control channel while QEMU is
+/// quiet.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long a shutdown waits for QEMU to confirm the removals.
+const GOODBYE_WAIT: Duration = Duration::from_millis(500);
+
+struct Worker {
+    config: ClientConfig,
+    session: ClientSession,
+    card: Box<dyn Card>,
+    persister: Option<Box<dyn Persister>>,
+    rx: Receiver<Control>,
+    shared: Arc<Shared>,
+    response: Vec<u8>,
+    stop: bool,
+}
+
+enum Ending {
+    Shutdown,
+    Lost(String),
+}
+
+impl Worker {
+    fn run(mut self) {
+        let span = info_span!("vscard", endpoint = %self.config.endpoint);
+        let _enter = span.enter();
+        self.card.set_link(Link::QEMU_CCID);
+        if self.config.inserted {
+            self.want_insert();
+        }
+        let mut backoff = self.config.backoff_initial;
+        let mut failures = 0u32;
+        while !self.stop {
+            match Stream::connect(&self.config.endpoint) {
+                Ok(stream) => {
+                    failures = 0;
+                    info!("connected to QEMU");
+                    self.shared.update(|s| {
+                        s.connected = true;
+                        s.connections += 1;
+                    });
+                    let ending = self.serve(stream);
+                    self.session.disconnected();
+                    self.shared.update(|s| {
+                        s.connected = false;
+                        s.reader_added = false;
+                        s.card_inserted = false;
+                    });
+                    match ending {
+                        Ending::Shutdown => break,
+                        Ending::Lost(why) => {
+                            warn!("connection to QEMU lost: {why}; reconnecting");
+                            self.shared.update(|s| s.last_error = Some(why));
+                            // A connection that got as far as the handshake was
+                            // healthy: start over with short waits.
+                            backoff = self.config.backoff_initial;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Log the first failure loudly, then quietly: QEMU may be
+                    // down for a long time.
+                    if failures == 0 {
+                        warn!("cannot connect to QEMU: {e}; retrying with backoff");
+                    } else {
+                        debug!(attempt = failures + 1, "cannot connect to QEMU: {e}");
+                    }
+                    failures = failures.saturating_add(1);
+                    let msg = format!("connect: {e}");
+                    self.shared.update(|s| s.last_error = Some(msg));
+                    self.sleep_with_controls(backoff);
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+        self.shared.update(|s| s.stopped = true);
+        info!("client stopped");
+    }
+
+    fn want_insert(&mut self) {
+        let atr = self.card.atr().to_vec();
+        if let Err(e) = self.session.insert(&atr) {
+            error!("cannot insert the card: {e}");
+            self.shared.update(|s| s.last_error = Some(e.to_string()));
+            return;
+        }
+        self.shared.update(|s| s.card_wanted = true);
+    }
+
+    /// Waits for `d` while still obeying insert/remove/shutdown.
+    fn sleep_with_controls(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || self.stop {
+                return;
+            }
+            match self.rx.recv_timeout(deadline - now) {
+                Ok(c) => self.control(c),
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => self.stop = true,
+            }
+        }
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Insert => self.want_insert(),
+            Control::Remove => {
+                self.session.remove();
+                self.shared.update(|s| s.card_wanted = false);
+            }
+            Control::Shutdown => {
+                self.session.shutdown();
+                self.stop = true;
+            }
+        }
+    }
+
+    fn serve(&mut self, mut stream: Stream) -> Ending {
+        if let Err(e) = stream.set_timeouts(POLL, self.config.write_timeout) {
+            return Ending::Lost(format!("socket setup: {e}"));
+        }
+        let mut decoder = Decoder::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        self.session.connect();
+        let mut goodbye: Option<Instant> = None;
+        loop {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(c) => self.control(c),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.control(Control::Shutdown);
+                        break;
+                    }
+                }
+            }
+            if self.stop && goodbye.is_none() {
+                goodbye = Some(Instant::now() + GOODBYE_WAIT);
+            }
+            if let Err(e) = self.flush(&mut stream) {
+                stream.close();
+                return self.lost_or_shutdown(format!("write: {e}"));
+            }
+            if let Some(deadline) = goodbye {
+                let replied = self.session.replies_due() == 0;
+                if replied || Instant::now() >= deadline {
+                    stream.close();
+                    return Ending::Shutdown;
+                }
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return self.lost_or_shutdown("QEMU closed the connection".to_string()),
+                Ok(n) => {
+                    decoder.push(buf.get(..n).unwrap_or(&[]));
+                    loop {
+                        match decoder.next_frame() {
+                            Ok(Some(frame)) => {
+                                debug!(msg_type = ?frame.msg_type, reader_id = frame.reader_id, len = frame.payload.len(), "from QEMU");
+                                self.session.receive(frame);
+                                self.handle_events();
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                error!("closing the connection: QEMU sent a malformed frame: {e}");
+                                stream.close();
+                                return self.lost_or_shutdown(format!("malformed frame: {e}"));
+                            }
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    stream.close();
+                    return self.lost_or_shutdown(format!("read: {e}"));
+                }
+            }
+        }
+    }
+
+    fn lost_or_shutdown(&self, why: String) -> Ending {
+        if self.stop {
+            Ending::Shutdown
+        } else {
+            Ending::Lost(why)
+        }
+    }
+
+    fn flush(&mut self, stream: &mut Stream) -> io::Result<()> {
+        if self.session.output().is_empty() {
+            return Ok(());
+        }
+        // One write per batch: QEMU copes badly with messages split across
+        // many reads, and a partial message must never be left behind.
+        let result = stream.write_all(self.session.output());
+        self.session.clear_output();
+        result
+    }
+
+    fn handle_events(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Apdu(command) => self.transmit(&command),
+                Event::PowerOn => self.card.power_on(),
+                Event::ReaderAdded => {
+                    debug!("reader added");
+                    self.shared.update(|s| s.reader_added = true);
+                }
+                Event::CardInserted => {
+                    info!("card inserted in the guest's reader");
+                    self.shared.update(|s| {
+                        s.card_inserted = true;
+                        s.insertions += 1;
+                    });
+                }
+                Event::CardRejected { code } => {
+                    let msg = format!("QEMU refused the ATR (code {code})");
+                    self.shared.update(|s| {
+                        s.card_inserted = false;
+                        s.last_error = Some(msg);
+                    });
+                }
+                Event::CardRemoved => {
+                    info!("card removed from the guest's reader");
+                    self.shared.update(|s| s.card_inserted = false);
+                }
+                Event::HostError { request, code } => {
+                    let msg = format!("QEMU answered {request:?} with error {code}");
+                    self.shared.update(|s| s.last_error = Some(msg));
+                }
+            }
+        }
+        if self.session.phase() == Phase::Ready {
+            let inserted = self.session.card_state() == CardState::Present;
+            let current = self.shared.lock().card_inserted;
+            if current != inserted {
+                self.shared.update(|s| s.card_inserted = inserted);
+            }
+        }
+    }
+
+    fn transmit(&mut self, command: &[u8]) {
+        let mut response = std::mem::take(&mut self.response);
+        self.card.transmit(command, &mut response);
+        if let Some(state) = self.card.take_state_change() {
+            let saved = match self.persister.as_mut() {
+                Some(p) => p.persist(&state),
+                None => Ok(()),
+            };
+            if let Err(e) = saved {
+                // The card's answer would claim a change that is not on disk.
+                error!("cannot save the card state: {e}; answering 6581");
+                response.clear();
+                response.extend_from_slice(&[0x65, 0x81]);
+            }
+        }
+        debug!(
+            command = %Hex(command),
+            response = %Hex(&response),
+            "APDU"
+        );
+        if let Err(e) = self.session.apdu_response(&response) {
+            debug!("APDU answer not sent: {e}");
+        }
+        self.response = response;
+        self.shared.update(|s| s.apdus += 1);
+    }
+}
+
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02X}")?;
+        }
+        Ok(())
+    }
+}
