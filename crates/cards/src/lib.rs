@@ -1,1 +1,6 @@
+//! Card types for virtcard. Each module implements
+//! [`virtcard_runtime::CardType`] for one kind of card; the runtime around it
+//! handles transmission-level ISO 7816-4 (channels, chaining, GET RESPONSE).
+#![forbid(unsafe_code)]
 
+pub mod cac;
