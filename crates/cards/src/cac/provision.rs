@@ -35,6 +35,25 @@ pub enum Import {
     },
 }
 
+impl Import {
+    /// A certificate file with its key file (the password opens the key).
+    pub fn cert_key(cert: PathBuf, key: PathBuf, password: Option<String>) -> Import {
+        Import::CertKey {
+            cert,
+            key,
+            password: password.map(Zeroizing::new),
+        }
+    }
+
+    /// A PKCS#12 file.
+    pub fn pkcs12(file: PathBuf, password: Option<String>) -> Import {
+        Import::Pkcs12 {
+            file,
+            password: password.map(Zeroizing::new),
+        }
+    }
+}
+
 impl fmt::Debug for Import {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -78,6 +97,14 @@ impl Default for ProvisionOptions {
             imports: Vec::new(),
             validity_days: 3650,
         }
+    }
+}
+
+impl ProvisionOptions {
+    /// Sets the PIN (it is wiped from memory when the options are dropped).
+    pub fn with_pin(mut self, pin: String) -> Self {
+        self.pin = Some(Zeroizing::new(pin));
+        self
     }
 }
 
