@@ -125,7 +125,7 @@ enum Kind {
 struct Applet {
     kind: Kind,
     objects: Vec<Object>,
-    /// Whether the TV object properties use tag `51` (PKI) or `50`.
+    /// GET PROPERTIES answers, built once: P1 `01` and the long P1 `40` form.
     properties: Vec<u8>,
     long_properties: Vec<u8>,
 }
