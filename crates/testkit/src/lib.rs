@@ -18,12 +18,41 @@ use std::time::{Duration, Instant};
 /// The vpcd driver as Debian installs it.
 pub const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
 
-static SERIAL: Mutex<()> = Mutex::new(());
+static SHARED: Mutex<Option<Pcscd>> = Mutex::new(None);
 
-/// Serialises tests within one process that use PC/SC: the client library
-/// finds pcscd through an environment variable, which is process-wide.
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// This process's pcscd for in-process PC/SC clients, held exclusively.
+///
+/// The PC/SC client library reads `PCSCLITE_CSOCK_NAME` once per process, so
+/// every in-process client talks to one pcscd: this one, started on first use
+/// (vpcd in normal mode) and serialising the tests that use it. Tools run as
+/// child processes can use their own [`Pcscd`] instead.
+pub struct SharedPcscd {
+    guard: MutexGuard<'static, Option<Pcscd>>,
+}
+
+impl std::ops::Deref for SharedPcscd {
+    type Target = Pcscd;
+    fn deref(&self) -> &Pcscd {
+        // Filled before a SharedPcscd is handed out.
+        self.guard.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for SharedPcscd {
+    fn deref_mut(&mut self) -> &mut Pcscd {
+        self.guard.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+/// Locks (starting it if needed) this process's shared pcscd.
+pub fn shared() -> io::Result<SharedPcscd> {
+    let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        let p = Pcscd::start()?;
+        std::env::set_var("PCSCLITE_CSOCK_NAME", p.socket());
+        *guard = Some(p);
+    }
+    Ok(SharedPcscd { guard })
 }
 
 /// How vpcd reaches the card side.
@@ -180,12 +209,6 @@ impl Pcscd {
         )]
     }
 
-    /// Points this process's PC/SC client library at this pcscd. Hold
-    /// [`serial`] while doing so.
-    pub fn use_in_process(&self) {
-        std::env::set_var("PCSCLITE_CSOCK_NAME", self.socket());
-    }
-
     /// vpcd's port for `slot` (0 or 1).
     pub fn port(&self, slot: u16) -> u16 {
         self.base_port + slot
@@ -279,7 +302,7 @@ pub enum ClientError {
 }
 
 impl PcscClient {
-    /// Establishes a context (after [`Pcscd::use_in_process`]).
+    /// Establishes a context with the [`shared`] pcscd.
     pub fn new(reader: &str) -> Result<Self, ClientError> {
         Ok(PcscClient {
             ctx: pcsc::Context::establish(pcsc::Scope::User)?,
@@ -323,6 +346,29 @@ impl PcscClient {
                 }
                 _ => std::thread::sleep(Duration::from_millis(50)),
             }
+        }
+    }
+
+    /// Waits for a card whose ATR is `atr` and connects to it. Covers the
+    /// moments after an insertion when pcscd still reports the previous card.
+    pub fn connect_to(&mut self, atr: &[u8], timeout: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.card_present().unwrap_or(false)
+                && self.connect().is_ok()
+                && self.atr().ok().as_deref() == Some(atr)
+            {
+                return Ok(());
+            }
+            self.disconnect_reset();
+            if Instant::now() > deadline {
+                return Err(ClientError::Timeout(format!(
+                    "card with ATR {} in {:?}",
+                    hex::encode_upper(atr),
+                    self.reader
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -7,6 +7,9 @@
 //! - [`vscard`]: QEMU's VSCard protocol, spoken towards the chardev of a
 //!   `ccid-card-passthru` device, so a VM guest sees our card in a USB CCID
 //!   reader.
+//! - [`vpcd`]: vsmartcard's vpcd protocol, so pcscd shows our card in a
+//!   "Virtual PCD" reader to every PC/SC application on the host.
 #![forbid(unsafe_code)]
 
+pub mod vpcd;
 pub mod vscard;
