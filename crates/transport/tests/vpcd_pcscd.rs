@@ -200,6 +200,7 @@ fn reversed_mode_vpcd_connects_to_us() {
         pcscd.log()
     );
     drop(reader);
+    drop(second);
 }
 
 /// A fake vpcd that sends nonsense: the card side logs it, drops the
