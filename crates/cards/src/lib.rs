@@ -4,3 +4,4 @@
 #![forbid(unsafe_code)]
 
 pub mod cac;
+pub mod iso7816;

@@ -8,7 +8,7 @@
 
 mod fcp;
 
-pub use fcp::{parse_fcp, FcpError, FileSpec};
+pub use fcp::{parse_fcp, FcpError, FileSpec, DATA_CODING};
 
 use crate::aid::{AidMatch, AidRegistry, Occurrence};
 use serde::{Deserialize, Serialize};
