@@ -18,6 +18,9 @@ pub(crate) enum Write {
     Or,
 }
 
+/// Structure, record size, maximum count and the records of a record EF.
+type RecordView<'a> = (RecordKind, usize, usize, &'a [Vec<u8>]);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Read,
@@ -399,7 +402,7 @@ impl Iso7816Card {
         }
     }
 
-    fn records(&self, id: FileId) -> Result<(RecordKind, usize, usize, &[Vec<u8>]), Status> {
+    fn records(&self, id: FileId) -> Result<RecordView<'_>, Status> {
         match self.body(id)? {
             EfBody::Records {
                 kind,
