@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod card;
+pub mod card_cac;
+pub mod qemu;
+pub mod vpcd;
+pub mod vscclient;

@@ -1,0 +1,85 @@
+//! `virtcard vpcd`: one card in one vpcd reader slot, until interrupted.
+
+use crate::cards::{self, CardArgs};
+use anyhow::{anyhow, Context, Result};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use virtcard_transport::vpcd::{Mode, Timing, VpcdReader, DEFAULT_PORT};
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  virtcard vpcd                          sample card in 'Virtual PCD 00 00' (port 35963)\n  virtcard vpcd --slot 1 --card DIR       a provisioned card directory in 'Virtual PCD 00 01'\n  virtcard vpcd --listen 35963            reversed mode: vpcd (DEVICENAME 127.0.0.1:35963) connects to us\n\nThe card stays inserted while virtcard runs; if pcscd restarts or exits, virtcard reconnects by itself."
+)]
+pub struct Args {
+    /// Host where vpcd listens.
+    #[arg(long, default_value = "127.0.0.1", conflicts_with = "listen")]
+    host: String,
+    /// vpcd port [default: 35963 + slot].
+    #[arg(long, conflicts_with = "slot")]
+    port: Option<u16>,
+    /// vpcd reader slot N: port 35963 + N ("Virtual PCD 00 0N").
+    #[arg(long, default_value_t = 0)]
+    slot: u16,
+    /// Reversed mode: listen on [HOST:]PORT for vpcd to connect (host defaults to 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    #[command(flatten)]
+    card: CardArgs,
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host}:{port}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| anyhow!("{host} has no IPv4 address (vpcd speaks IPv4 only)"))
+}
+
+fn listen_addr(spec: &str, default_port: u16) -> Result<SocketAddr> {
+    if let Ok(port) = spec.parse::<u16>() {
+        return resolve("127.0.0.1", port);
+    }
+    if let Ok(a) = spec.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match spec.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p
+                .parse()
+                .with_context(|| format!("--listen {spec}: {p:?} is not a port number"))?;
+            resolve(h, port)
+        }
+        None => resolve(spec, default_port),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let port = args
+        .port
+        .unwrap_or_else(|| DEFAULT_PORT.saturating_add(args.slot));
+    let mode = match &args.listen {
+        Some(spec) => Mode::Listen(listen_addr(spec, port)?),
+        None => Mode::Connect(resolve(&args.host, port)?),
+    };
+    let card = cards::open(&args.card)?;
+    let kind = card.kind().to_string();
+    let atr: String = card.atr().iter().map(|b| format!("{b:02X}")).collect();
+    let reader = VpcdReader::spawn(mode, Timing::default(), Some(card))
+        .with_context(|| format!("cannot start the vpcd reader ({mode:?})"))?;
+    match mode {
+        Mode::Connect(a) => tracing::info!(card = %kind, %atr, "serving the card to vpcd at {a}"),
+        Mode::Listen(a) => tracing::info!(card = %kind, %atr, "waiting for vpcd to connect on {a}"),
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("shutting down: removing the card from the reader");
+    reader.shutdown();
+    Ok(())
+}
