@@ -20,6 +20,14 @@
 //!   byte `41`); UPDATE replaces; ERASE sets bytes to `00`.
 //! - Record EFs created with CREATE FILE start without records; the count in
 //!   the FCP is the maximum and APPEND RECORD fills them.
+//! - VERIFY compares presented data of any length: a PIN of the wrong length
+//!   is a wrong PIN and spends a try. Empty data only asks for the status.
+//! - DELETE FILE checks the `delete` rule of the file itself (not of its
+//!   parent); CREATE FILE checks the `update` rule of the current DF;
+//!   ACTIVATE / DEACTIVATE check the file's `update` rule.
+//! - SEARCH RECORD without a match answers `6A83`.
+//! - PIN references are card-wide; a specific reference (b8 = 1) is not
+//!   tied to the DF it would belong to on a real card.
 
 mod description;
 mod files;
