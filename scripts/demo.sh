@@ -15,11 +15,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! pgrep -x pcscd >/dev/null; then
+if ! timeout 5 pcsc_scan -r >/dev/null 2>&1; then
   echo "== starting pcscd (with the vpcd driver from /etc/reader.conf.d/vpcd)"
-  pcscd --foreground >/tmp/virtcard-demo-pcscd.log 2>&1 &
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo pcscd --foreground >/tmp/virtcard-demo-pcscd.log 2>&1 &
   started_pcscd=$!
-  for _ in $(seq 50); do [ -S /run/pcscd/pcscd.comm ] && break; sleep 0.1; done
+  for _ in $(seq 50); do timeout 2 pcsc_scan -r >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+if ! timeout 5 pcsc_scan -r 2>/dev/null | grep -q "Virtual PCD"; then
+  echo "pcscd runs without the vpcd driver: restart it so it reads /etc/reader.conf.d/vpcd" >&2
+  echo "  (sudo systemctl restart pcscd), then run this demo again" >&2
+  exit 1
 fi
 
 echo "== virtcard vpcd: the sample ISO 7816-4 card in reader 'Virtual PCD 00 00'"

@@ -11,6 +11,7 @@ use std::ffi::CString;
 use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -157,13 +158,21 @@ impl Pcscd {
         std::fs::create_dir_all("/run/pcscd")?;
         // pcscd 1.9 has its socket path compiled in; a private mount of
         // /run/pcscd gives this instance its own, visible to us at `run`.
+        // The shell stays as pcscd's keeper: it ends pcscd when this test
+        // process is gone, since a process-wide static is never dropped.
         let script = format!(
-            "mount --bind '{}' /run/pcscd && exec pcscd --foreground --apdu --debug -c '{}'",
-            run.display(),
-            conf.display()
+            "mount --bind '{run}' /run/pcscd || exit 1\n\
+             pcscd --foreground --apdu --debug -c '{conf}' &\n\
+             p=$!\n\
+             while kill -0 {owner} 2>/dev/null && kill -0 $p 2>/dev/null; do sleep 0.2; done\n\
+             kill -9 $p 2>/dev/null\n",
+            run = run.display(),
+            conf = conf.display(),
+            owner = std::process::id(),
         );
         let child = Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -238,9 +247,14 @@ impl Pcscd {
         self.spawn()
     }
 
-    /// Kills pcscd.
+    /// Kills pcscd (and its keeper shell) at once, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // The keeper leads its own process group; end the whole group.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .stderr(Stdio::null())
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
