@@ -8,10 +8,14 @@
 //!
 //! The operations are blocking calls on `&self`, so a back end whose sessions
 //! are tied to a thread (PKCS#11) can keep one per thread behind the trait.
-//! [`software`] is the back end for keys held in files.
-#![forbid(unsafe_code)]
+//! [`software`] is the back end for keys held in files, [`pkcs11`] the one for
+//! keys that never leave a PKCS#11 token (HSMs, hardware tokens, NSS databases).
+// `pkcs11` needs one `unsafe` call to hand NSS softokn its parameter string;
+// everything else stays safe.
+#![deny(unsafe_code)]
 
 pub mod load;
+pub mod pkcs11;
 pub mod software;
 
 use std::fmt;
@@ -109,6 +113,8 @@ pub enum KeyError {
     Store(#[from] virtcard_store::StoreError),
     #[error("cannot load {path}: {reason}")]
     Load { path: String, reason: String },
+    #[error("PKCS#11: {0}")]
+    Token(String),
 }
 
 /// A private key a card can use. Its secret never leaves the implementation.
@@ -138,6 +144,13 @@ pub trait KeyStore: Send {
     fn import(&mut self, id: &str, key: &SoftwareKey) -> Result<Arc<dyn PrivateKey>, KeyError>;
     /// Removes the key under `id`; removing an absent key is not an error.
     fn delete(&mut self, id: &str) -> Result<(), KeyError>;
+    /// Moves the key under `from` to `to`, replacing any key there (PIV MOVE KEY).
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), KeyError> {
+        let _ = (from, to);
+        Err(KeyError::Unsupported(
+            "moving keys in this key store".into(),
+        ))
+    }
     /// Ids of all keys present.
     fn ids(&self) -> Vec<String>;
 }

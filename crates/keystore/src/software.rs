@@ -301,6 +301,25 @@ impl KeyStore for SoftwareKeyStore {
     fn ids(&self) -> Vec<String> {
         self.keys.keys().cloned().collect()
     }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<(), KeyError> {
+        valid_id(from)?;
+        valid_id(to)?;
+        let key = self
+            .keys
+            .get(from)
+            .cloned()
+            .ok_or_else(|| KeyError::NotFound(from.to_string()))?;
+        // rename(2) replaces the target atomically, so a crash leaves the key
+        // under one of the two names, never under none.
+        std::fs::rename(self.path(from), self.path(to)).map_err(|e| KeyError::Load {
+            path: self.path(from).display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.keys.remove(from);
+        self.keys.insert(to.to_string(), key);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
