@@ -5,3 +5,4 @@
 
 pub mod cac;
 pub mod iso7816;
+pub mod piv;
