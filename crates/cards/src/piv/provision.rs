@@ -75,6 +75,25 @@ impl Default for ProvisionOptions {
     }
 }
 
+impl ProvisionOptions {
+    pub fn with_pin(mut self, pin: &[u8]) -> Self {
+        self.pin = Zeroizing::new(pin.to_vec());
+        self
+    }
+
+    pub fn with_puk(mut self, puk: &[u8]) -> Self {
+        self.puk = Zeroizing::new(puk.to_vec());
+        self
+    }
+
+    /// `algorithm` is a PIV identifier from [`super::algorithm`].
+    pub fn with_management_key(mut self, algorithm: u8, key: &[u8]) -> Self {
+        self.management_key_algorithm = algorithm;
+        self.management_key = Zeroizing::new(key.to_vec());
+        self
+    }
+}
+
 impl fmt::Debug for ProvisionOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProvisionOptions")
@@ -203,9 +222,10 @@ fn random_serial() -> Result<u32, PivError> {
 pub fn provision(dir: &Path, opts: &ProvisionOptions) -> Result<Runtime<PivCard>, PivError> {
     let version = validate(opts)?;
     for name in [CONFIG_FILE, STATE_FILE] {
-        let p = dir.join(name);
-        if p.exists() {
-            return Err(PivError::AlreadyExists { path: p });
+        if dir.join(name).exists() {
+            return Err(PivError::AlreadyExists {
+                path: dir.to_path_buf(),
+            });
         }
     }
     virtcard_store::create_private_dir(dir)?;
