@@ -168,6 +168,71 @@ impl Pkcs11Config {
     }
 }
 
+/// The `[pkcs11]` section of a card directory's `card.toml`: where the
+/// card's keys (and, when `[[pki]]` entries name no file, its certificates)
+/// live.
+///
+/// ```toml
+/// [pkcs11]
+/// module = "/usr/lib/softhsm/libsofthsm2.so"   # or nss_db = "sql:/etc/pki/nssdb"
+/// token = "my token"                           # or slot = 3; default: the first token
+/// pin_file = "token.pin"                       # or pin_env = "VAR", or pin_prompt = true
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<PathBuf>,
+    /// An NSS database (`sql:DIR`), opened read-only through NSS softokn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nss_db: Option<String>,
+    /// Token label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Slot id, instead of a label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
+    /// File holding the token PIN (relative paths are relative to the card directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the token PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_env: Option<String>,
+    /// Ask for the token PIN on the terminal when the card is opened.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pin_prompt: bool,
+}
+
+impl TokenSection {
+    /// The token configuration; `base` resolves a relative `pin_file`.
+    pub fn to_config(&self, base: &Path) -> Result<Pkcs11Config, String> {
+        let pin = match (&self.pin_file, &self.pin_env, self.pin_prompt) {
+            (Some(f), None, false) => PinSource::File(base.join(f)),
+            (None, Some(v), false) => PinSource::Env(v.clone()),
+            (None, None, true) => PinSource::Prompt,
+            (None, None, false) => PinSource::None,
+            _ => return Err("give at most one of pin_file, pin_env and pin_prompt".into()),
+        };
+        let token = match (&self.token, self.slot) {
+            (Some(l), None) => TokenSelector::Label(l.clone()),
+            (None, Some(s)) => TokenSelector::Slot(s),
+            (None, None) => TokenSelector::First,
+            (Some(_), Some(_)) => return Err("give token (a label) or slot, not both".into()),
+        };
+        match (&self.module, &self.nss_db) {
+            (Some(m), None) => Ok(Pkcs11Config::new(m.clone(), token, pin)),
+            (None, Some(db)) => {
+                let mut c = Pkcs11Config::nss(db, pin);
+                if !matches!(token, TokenSelector::First) {
+                    c.token = token;
+                }
+                Ok(c)
+            }
+            _ => Err("give module (a PKCS#11 library path) or nss_db, not both".into()),
+        }
+    }
+}
+
 /// softokn's parameter string for a database directory. Single quotes delimit
 /// values in NSS's parameter syntax, and a backslash escapes inside them.
 pub fn nss_init_params(db: &str) -> String {
@@ -693,6 +758,18 @@ impl Pkcs11KeyStore {
             ObjectSelector::Id(id) => &c.id == id,
             ObjectSelector::Label(l) => &c.label == l,
         }))
+    }
+
+    /// The certificate stored with the key `key_id` names (same `CKA_ID`).
+    pub fn certificate_for_key(&self, key_id: &str) -> Result<Option<TokenCertificate>, KeyError> {
+        let sel = ObjectSelector::parse(key_id)?;
+        let Some(key) = self.find_key(&sel, None)? else {
+            return Ok(None);
+        };
+        match &key.lookup {
+            ObjectSelector::Id(_) => self.certificate(&key.lookup),
+            ObjectSelector::Label(_) => Ok(None),
+        }
     }
 
     /// The private key belonging to a certificate on the token: the key with

@@ -10,6 +10,27 @@
 //! DIR/certs/*.der   certificates, one per PKI applet
 //! ```
 //!
+//! With a `[pkcs11]` section in `card.toml` the keys stay in a PKCS#11 token
+//! (an HSM, SoftHSM, a hardware token, an NSS database) instead of `keys/`:
+//! `key` in a `[[pki]]` entry is then the key's `CKA_ID` in hex (or
+//! `label:TEXT`), and an entry without `cert` takes the certificate stored on
+//! the token under the same `CKA_ID`.
+//!
+//! ```toml
+//! type = "cac"
+//! card_id = "0102030405060708"
+//! pin = "12345678"            # the card's PIN, checked by the card
+//!
+//! [pkcs11]
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token = "cac keys"
+//! pin_file = "token.pin"      # the token's PIN; never on a command line
+//!
+//! [[pki]]
+//! label = "CAC ID Certificate"
+//! key = "01"
+//! ```
+//!
 //! [`open`] turns such a directory into a [`Runtime`]; [`provision`] creates
 //! one. The card answers what OpenSC's CAC driver sends (CCC, ACA, PKI
 //! applets with SimpleTLV buffers, chained raw-RSA SIGN/DECRYPT) and what
@@ -33,6 +54,7 @@ use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+use virtcard_keystore::pkcs11::{Pkcs11KeyStore, TokenSection};
 use virtcard_keystore::{KeyError, KeyStore, SoftwareKeyStore};
 use virtcard_runtime::Runtime;
 use zeroize::Zeroizing;
@@ -70,6 +92,14 @@ pub enum CacError {
         config: PathBuf,
         dir: PathBuf,
     },
+    #[error("key {id:?} named in {config} is not on token {token}; check the [[pki]] entry (list keys with pkcs11-tool -O)")]
+    MissingTokenKey {
+        id: String,
+        config: PathBuf,
+        token: String,
+    },
+    #[error("token {token} holds no certificate for key {id:?}; store one under the key's CKA_ID or give `cert = FILE` in its [[pki]] entry")]
+    MissingTokenCertificate { id: String, token: String },
     #[error("certificate {path}: {reason}")]
     Certificate { path: PathBuf, reason: String },
     #[error("certificate {cert} does not belong to key {key:?}: their public keys differ")]
@@ -112,6 +142,9 @@ pub struct CardConfig {
     /// One entry per PKI applet, in applet order (`79 01 00`, `79 01 01`, ...).
     #[serde(default)]
     pub pki: Vec<PkiConfig>,
+    /// Keys in a PKCS#11 token instead of `keys/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<TokenSection>,
 }
 
 /// PIN settings that are configuration, not state.
@@ -135,7 +168,9 @@ pub struct PkiConfig {
     pub label: String,
     pub key: String,
     /// Path of the DER or PEM certificate, relative to the card directory.
-    pub cert: PathBuf,
+    /// May be left out when the key is on a token that stores the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
 }
 
 /// Reads and checks `card.toml`.
@@ -172,6 +207,15 @@ pub fn load_config(dir: &Path) -> Result<CardConfig, CacError> {
     }
     if !(1..=15).contains(&cfg.pin_policy.max_tries) {
         return Err(bad("pin_policy.max_tries must be 1 to 15".into()));
+    }
+    if let Some(p) = &cfg.pkcs11 {
+        p.to_config(dir)
+            .map_err(|m| bad(format!("[pkcs11]: {m}")))?;
+    } else if let Some(e) = cfg.pki.iter().find(|e| e.cert.is_none()) {
+        return Err(bad(format!(
+            "[[pki]] {:?} has no cert; only keys on a token ([pkcs11]) can take theirs from it",
+            e.label
+        )));
     }
     if cfg.pki.len() > MAX_PKI {
         return Err(bad(format!(
@@ -270,6 +314,29 @@ pub fn open(dir: &Path) -> Result<Runtime<CacCard>, CacError> {
 pub fn open_card(dir: &Path) -> Result<CacCard, CacError> {
     let cfg = load_config(dir)?;
     let (pin, tries_left) = load_state(dir, &cfg)?;
+    let config = dir.join(CONFIG_FILE);
+    let pki = match &cfg.pkcs11 {
+        None => software_credentials(dir, &cfg)?,
+        Some(section) => {
+            let p11 = section.to_config(dir).map_err(|message| CacError::Config {
+                path: config.clone(),
+                message: format!("[pkcs11]: {message}"),
+            })?;
+            let store = Pkcs11KeyStore::open(&p11)?;
+            token_credentials(&store, dir, &cfg)?
+        }
+    };
+    let card_id = hex::decode(&cfg.card_id).unwrap_or_default();
+    CacCard::new(CacSetup {
+        card_id,
+        pin,
+        max_tries: cfg.pin_policy.max_tries,
+        tries_left,
+        pki,
+    })
+}
+
+fn software_credentials(dir: &Path, cfg: &CardConfig) -> Result<Vec<PkiCredential>, CacError> {
     let keys_dir = dir.join(KEYS_DIR);
     let store = SoftwareKeyStore::open(&keys_dir)?;
     let mut pki = Vec::with_capacity(cfg.pki.len());
@@ -279,7 +346,7 @@ pub fn open_card(dir: &Path) -> Result<CacCard, CacError> {
             config: dir.join(CONFIG_FILE),
             dir: keys_dir.clone(),
         })?;
-        let cert_path = dir.join(&entry.cert);
+        let cert_path = dir.join(entry.cert.as_deref().unwrap_or(Path::new("")));
         let cert = load_certificate(&cert_path)?;
         check_pair(&cert, key.as_ref(), &cert_path, &entry.key)?;
         pki.push(PkiCredential {
@@ -287,12 +354,49 @@ pub fn open_card(dir: &Path) -> Result<CacCard, CacError> {
             certificate_der: cert.to_der()?,
         });
     }
-    let card_id = hex::decode(&cfg.card_id).unwrap_or_default();
-    CacCard::new(CacSetup {
-        card_id,
-        pin,
-        max_tries: cfg.pin_policy.max_tries,
-        tries_left,
-        pki,
-    })
+    Ok(pki)
+}
+
+/// Keys on a token; certificates from files or from the token.
+pub fn token_credentials(
+    store: &Pkcs11KeyStore,
+    dir: &Path,
+    cfg: &CardConfig,
+) -> Result<Vec<PkiCredential>, CacError> {
+    let mut pki = Vec::with_capacity(cfg.pki.len());
+    for entry in &cfg.pki {
+        let key = store
+            .key(&entry.key)?
+            .ok_or_else(|| CacError::MissingTokenKey {
+                id: entry.key.clone(),
+                config: dir.join(CONFIG_FILE),
+                token: store.name().to_string(),
+            })?;
+        let (cert, cert_path) = match &entry.cert {
+            Some(file) => {
+                let path = dir.join(file);
+                (load_certificate(&path)?, path)
+            }
+            None => {
+                let c = store.certificate_for_key(&entry.key)?.ok_or_else(|| {
+                    CacError::MissingTokenCertificate {
+                        id: entry.key.clone(),
+                        token: store.name().to_string(),
+                    }
+                })?;
+                let path = PathBuf::from(format!("{} on {}", c.label, store.name()));
+                let cert = X509::from_der(&c.der).map_err(|e| CacError::Certificate {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                (cert, path)
+            }
+        };
+        check_pair(&cert, key.as_ref(), &cert_path, &entry.key)?;
+        pki.push(PkiCredential {
+            key,
+            certificate_der: cert.to_der()?,
+        });
+    }
+    Ok(pki)
 }

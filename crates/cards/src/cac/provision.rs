@@ -346,7 +346,7 @@ pub fn provision(dir: &Path, opts: &ProvisionOptions) -> Result<ProvisionReport,
         pki.push(PkiConfig {
             label: label.clone(),
             key: id.clone(),
-            cert: rel,
+            cert: Some(rel),
         });
     }
     let cfg = CardConfig {
@@ -357,6 +357,7 @@ pub fn provision(dir: &Path, opts: &ProvisionOptions) -> Result<ProvisionReport,
             max_tries: opts.max_tries,
         },
         pki,
+        pkcs11: None,
     };
     let body = toml::to_string_pretty(&cfg).map_err(|e| CacError::InvalidOption(e.to_string()))?;
     let text = format!(
