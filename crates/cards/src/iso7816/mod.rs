@@ -160,8 +160,9 @@ impl Channel {
     }
 }
 
-/// The generic ISO 7816-4 card type.
-#[derive(Debug)]
+/// The generic ISO 7816-4 card type. `Clone` makes many identical fresh
+/// cards cheaply (fuzzing, tests).
+#[derive(Clone, Debug)]
 pub struct Iso7816Card {
     state: CardState,
     profile: CardProfile,

@@ -88,6 +88,12 @@ impl Iso7816Card {
                     return Err(Status::WrongLength);
                 }
                 let (old, new) = cmd.data.split_at(split);
+                // A new value the card would refuse fails the command before
+                // the old one is compared: a failed command must neither
+                // spend nor restore tries.
+                if !pin.length_ok(pin.strip(new)) {
+                    return Err(Status::IncorrectData);
+                }
                 let before = pin.tries_left;
                 let check = pin.check(old);
                 if pin.tries_left != before {
@@ -135,15 +141,22 @@ impl Iso7816Card {
         }
         let i = self.pin_index(cmd.p2)?;
         let pin = &mut self.state.pins[i];
-        let Some(puk) = pin.puk.as_mut() else {
+        let Some(split) = pin.puk.as_ref().map(|k| k.value.len()) else {
             return Err(Status::ConditionsNotSatisfied);
         };
-        let split = puk.value.len();
         // P1 = 00: PUK and new PIN; P1 = 01: PUK alone.
         let (code, new) = match cmd.p1 {
             0x00 if cmd.data.len() > split => cmd.data.split_at(split),
             0x01 if cmd.data.len() == split => (cmd.data, &[][..]),
             _ => return Err(Status::WrongLength),
+        };
+        // As in CHANGE REFERENCE DATA: refuse a bad new PIN before the PUK
+        // is compared, so the failed command leaves both counters alone.
+        if cmd.p1 == 0x00 && !pin.length_ok(pin.strip(new)) {
+            return Err(Status::IncorrectData);
+        }
+        let Some(puk) = pin.puk.as_mut() else {
+            return Err(Status::ConditionsNotSatisfied);
         };
         let before = puk.tries_left;
         let check = puk.check(code);
