@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds (and caches) a minimal Linux guest for the VSCard end-to-end test:
 # Debian's kernel with the USB modules, busybox-static as /init shell, pcscd,
-# libccid and OpenSC. Everything comes from Debian packages that are
-# downloaded and unpacked, never installed on the host.
+# libccid, OpenSC's tools and its PKCS#11 module. Everything comes from Debian
+# packages that are downloaded and unpacked, never installed on the host.
+# What the guest runs is not part of the image: see init.sh.
 #
 # Usage: build.sh [CACHE_DIR]     (default: <repo>/target/qemu-guest)
 # Prints the cache directory on success. Exit status 2 means a package could
@@ -19,8 +20,15 @@ log() { echo "qemu-guest: $*" >&2; }
 
 packages=(busybox-static pcscd libccid opensc opensc-pkcs11 libpcsclite1 libusb-1.0-0)
 # Bumped whenever the image layout changes, so stale caches are rebuilt.
-layout=3
+layout=4
 stamp_input="$layout $(cat "$here/build.sh" "$here/init.sh" | sha256sum | cut -d' ' -f1)"
+
+# Test binaries run in parallel and share the cache: one builds, the others
+# wait and then find the fresh stamp.
+if command -v flock >/dev/null; then
+    exec 9>"$cache/.lock"
+    flock 9
+fi
 
 if [[ -f "$cache/stamp" && "$(cat "$cache/stamp")" == "$stamp_input" \
       && -f "$cache/vmlinuz" && -f "$cache/initrd.img" ]]; then
@@ -100,8 +108,19 @@ cp "$bb" "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 
 cp "$unpack/usr/sbin/pcscd" "$root/usr/sbin/"
-cp "$unpack/usr/bin/opensc-tool" "$root/usr/bin/"
-cp "$unpack/etc/opensc/opensc.conf" "$root/etc/opensc/"
+cp "$unpack/usr/bin/opensc-tool" "$unpack/usr/bin/pkcs11-tool" "$root/usr/bin/"
+# Same path as on Debian, so commands written for a host work in the guest.
+mkdir -p "$root/usr/lib/x86_64-linux-gnu"
+cp -L "$unpack/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so" "$root/usr/lib/x86_64-linux-gnu/"
+# A cached file would let OpenSC answer without asking the card, which would
+# hide exactly the traffic the tests are there to check.
+cat > "$root/etc/opensc/opensc.conf" <<'CONF'
+app default {
+	framework pkcs15 {
+		use_file_caching = no;
+	}
+}
+CONF
 cp -a "$unpack/usr/lib/pcsc/drivers/ifd-ccid.bundle" "$root/usr/lib/pcsc/drivers/"
 # The package ships Info.plist as a link into /etc; the guest needs the file.
 plist="$root/usr/lib/pcsc/drivers/ifd-ccid.bundle/Contents/Info.plist"
@@ -124,7 +143,8 @@ copy_lib() {
     fi
     cp -L "$src" "$libdest/$name"
 }
-bins=("$root/usr/sbin/pcscd" "$root/usr/bin/opensc-tool"
+bins=("$root/usr/sbin/pcscd" "$root/usr/bin/opensc-tool" "$root/usr/bin/pkcs11-tool"
+      "$root/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
       "$root/usr/lib/pcsc/drivers/ifd-ccid.bundle/Contents/Linux/libccid.so"
       "$unpack/usr/lib/x86_64-linux-gnu/libpcsclite.so.1"
       "$unpack/usr/lib/x86_64-linux-gnu/libopensc.so.8")

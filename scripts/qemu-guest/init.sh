@@ -1,9 +1,15 @@
 #!/bin/sh
-# /init of the VSCard test guest. Runs as PID 1, drives pcscd and opensc-tool
-# against the emulated CCID reader, prints one marker line per result on the
-# serial console and powers off. Parameters come from the kernel command line:
-#   vc_apdus=HEX[,HEX...]   command APDUs to send with opensc-tool -s
-#   vc_timeout=SECONDS      how long to wait for the reader and the card
+# /init of the VSCard test guest. Runs as PID 1, starts pcscd once the
+# emulated CCID reader holds a card, runs the test's commands, prints marker
+# lines on the serial console and powers off.
+#
+# The commands come in /vc/commands, one shell command line per line, from a
+# second cpio archive that the test appends to the image (the kernel unpacks
+# concatenated archives in order). Each runs with stdin from /dev/null, its
+# output between "VC-CMD-BEGIN n" and "VC-CMD-END n rc=STATUS".
+# Kernel command line:
+#   vc_timeout=SECONDS      how long to wait for the reader and the card,
+#                           and for each command
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -13,11 +19,9 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 echo 1 > /proc/sys/kernel/printk
 
-apdus=""
 timeout=60
 for word in $(cat /proc/cmdline); do
     case "$word" in
-        vc_apdus=*) apdus="${word#vc_apdus=}" ;;
         vc_timeout=*) timeout="${word#vc_timeout=}" ;;
     esac
 done
@@ -78,12 +82,13 @@ done
 echo "VC-CARD: $(cut -d' ' -f1 /proc/uptime)"
 
 echo "VC-ATR: $(opensc-tool -r 0 -c default -a 2>&1)"
+[ -f /vc/commands ] || fail "no /vc/commands in the image"
 n=0
-for apdu in $(echo "$apdus" | tr ',' ' '); do
-    echo "VC-APDU-BEGIN $n $apdu"
-    opensc-tool -r 0 -c default -s "$apdu" 2>&1
-    echo "VC-APDU-END $n rc=$?"
+while IFS= read -r cmd; do
+    echo "VC-CMD-BEGIN $n"
+    timeout "$timeout" sh -c "$cmd" < /dev/null 2>&1
+    echo "VC-CMD-END $n rc=$?"
     n=$((n + 1))
-done
+done < /vc/commands
 echo "VC-END: $(cut -d' ' -f1 /proc/uptime)"
 finish

@@ -1,6 +1,8 @@
 //! A small card type and helpers shared by the VSCard tests.
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
