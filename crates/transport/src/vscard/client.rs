@@ -580,26 +580,17 @@ impl Worker {
                 response.extend_from_slice(&[0x65, 0x81]);
             }
         }
-        debug!(
-            command = %Hex(command),
-            response = %Hex(&response),
-            "APDU"
+        // The full exchange is the card's to log (`Traced` redacts secrets);
+        // here only sizes, so no PIN or key can reach the log from this layer.
+        tracing::trace!(
+            command_len = command.len(),
+            response_len = response.len(),
+            "APDU relayed"
         );
         if let Err(e) = self.session.apdu_response(&response) {
             debug!("APDU answer not sent: {e}");
         }
         self.response = response;
         self.shared.update(|s| s.apdus += 1);
-    }
-}
-
-struct Hex<'a>(&'a [u8]);
-
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02X}")?;
-        }
-        Ok(())
     }
 }
