@@ -1,0 +1,795 @@
+//! The daemon: a set of named readers, each presented through vpcd or to a
+//! QEMU guest, each holding at most one card, with events on every change.
+
+use crate::card::{CardSource, OpenError};
+use crate::config::{check_name, Config, Presentation, Problem, ReaderSpec};
+use crate::events::{Bus, Event, Events};
+use crate::slot::Slot;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use virtcard_runtime::Card;
+use virtcard_transport::vpcd::{self, Timing, VpcdReader};
+use virtcard_transport::vscard::{self, ClientConfig, ClientHandle};
+
+/// Why an operation was refused.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("no reader named {0:?}")]
+    NoReader(String),
+    #[error("a reader named {0:?} exists already")]
+    ReaderExists(String),
+    #[error("{place} is used by reader {reader:?} already")]
+    PlaceTaken { place: String, reader: String },
+    #[error("reader {0:?} holds no card; insert one by naming it (a card directory, description file or the sample)")]
+    NoCard(String),
+    #[error("the card in reader {0:?} is inserted already")]
+    AlreadyInserted(String),
+    #[error("reader {0:?} holds a card already (in or out); use swap to replace it")]
+    Occupied(String),
+    #[error("reader {0:?} has no card inserted")]
+    NotInserted(String),
+    #[error("that card (state file {}) is in reader {reader:?} already; a card can be in one reader at a time", .state.display())]
+    CardInUse { state: PathBuf, reader: String },
+    #[error("reader {reader:?}: cannot open the card: {source}")]
+    Open {
+        reader: String,
+        #[source]
+        source: OpenError,
+    },
+    #[error("reader {reader:?}: cannot start {presentation}: {source}")]
+    Start {
+        reader: String,
+        presentation: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reader {reader:?}: {problem}")]
+    Invalid { reader: String, problem: Problem },
+    #[error("the daemon is shutting down")]
+    Stopped,
+}
+
+/// Tunables; the defaults suit real pcscd and QEMU.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where description-file and sample cards keep their state.
+    pub state_dir: PathBuf,
+    /// Reconnect and swap timing of vpcd readers.
+    pub vpcd_timing: Timing,
+    /// How often connection changes are looked for (for `connected` /
+    /// `disconnected` events).
+    pub poll_interval: Duration,
+}
+
+impl Options {
+    pub fn new(state_dir: impl Into<PathBuf>) -> Options {
+        Options {
+            state_dir: state_dir.into(),
+            vpcd_timing: Timing::default(),
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A new card for a reader: one to open, or one already made.
+pub enum NewCard {
+    Source(CardSource),
+    Card(Box<dyn Card>),
+}
+
+impl From<CardSource> for NewCard {
+    fn from(s: CardSource) -> NewCard {
+        NewCard::Source(s)
+    }
+}
+
+impl From<Box<dyn Card>> for NewCard {
+    fn from(c: Box<dyn Card>) -> NewCard {
+        NewCard::Card(c)
+    }
+}
+
+/// The link between a reader and its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Connection {
+    /// Nothing to connect for (a vpcd reader without a card).
+    Idle,
+    /// Trying to reach the peer (or waiting for it).
+    Connecting,
+    Connected,
+}
+
+/// A card in a reader, as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardStatus {
+    /// Card type: "iso7816", "cac", "piv", …
+    pub kind: String,
+    /// Where it came from, for people.
+    pub source: String,
+    /// ATR in hex.
+    pub atr: String,
+    /// Its state file, when the daemon opened it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PathBuf>,
+}
+
+/// One reader, as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderStatus {
+    pub name: String,
+    /// E.g. `vpcd connect 127.0.0.1:35963`, `qemu unix /run/vm1.sock`.
+    pub presentation: String,
+    pub connection: Connection,
+    /// The card the reader holds, inserted or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<CardStatus>,
+    /// Whether that card is in the reader.
+    pub inserted: bool,
+    /// Whether the peer currently sees a card (QEMU accepted the ATR; vpcd
+    /// is connected with the card in).
+    pub peer_sees_card: bool,
+    /// APDUs answered (QEMU readers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apdus: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+struct CardInfo {
+    status: CardStatus,
+}
+
+enum Transport {
+    Vpcd {
+        reader: VpcdReader,
+        /// The card while it is out of the reader.
+        held: Option<Box<dyn Card>>,
+    },
+    Qemu {
+        client: ClientHandle,
+        slot: Slot,
+    },
+}
+
+impl Transport {
+    fn connection(&self) -> (Connection, bool, Option<u64>, Option<String>) {
+        match self {
+            Transport::Vpcd { reader, .. } => {
+                let c = match reader.connection() {
+                    vpcd::Connection::Idle => Connection::Idle,
+                    vpcd::Connection::Connecting => Connection::Connecting,
+                    vpcd::Connection::Connected => Connection::Connected,
+                };
+                (
+                    c,
+                    c == Connection::Connected && reader.has_card(),
+                    None,
+                    None,
+                )
+            }
+            Transport::Qemu { client, .. } => {
+                let s = client.status();
+                let c = if s.connected && s.reader_added {
+                    Connection::Connected
+                } else {
+                    Connection::Connecting
+                };
+                (c, s.card_inserted, Some(s.apdus), s.last_error)
+            }
+        }
+    }
+
+    /// Ends the transport: QEMU gets CardRemove and ReaderRemove, vpcd sees
+    /// its connection closed.
+    fn shut_down(self) {
+        match self {
+            Transport::Vpcd { reader, .. } => {
+                reader.shutdown();
+            }
+            Transport::Qemu { client, .. } => client.shutdown(),
+        }
+    }
+}
+
+struct Reader {
+    card: Option<CardInfo>,
+    inserted: bool,
+    transport: Option<Transport>,
+    connected: bool,
+}
+
+struct Cell {
+    name: String,
+    place: String,
+    reader: Mutex<Reader>,
+}
+
+impl Cell {
+    fn lock(&self) -> MutexGuard<'_, Reader> {
+        // Each field stays meaningful if a panic interrupted an update.
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Inner {
+    options: Options,
+    readers: Mutex<BTreeMap<String, Arc<Cell>>>,
+    /// State file → reader: a card's state must have one writer.
+    claims: Mutex<HashMap<PathBuf, String>>,
+    bus: Bus,
+    stopping: Mutex<bool>,
+    wake: Condvar,
+    monitor: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Many readers and cards in one process; a cheap handle, clone it freely.
+///
+/// ```
+/// use virtcard_daemon::{CardSource, Daemon, Event, Options, Presentation, ReaderSpec};
+/// use virtcard_transport::vscard::Endpoint;
+///
+/// let state = tempfile::tempdir()?;
+/// let daemon = Daemon::new(Options::new(state.path()));
+/// let events = daemon.subscribe();
+///
+/// // A QEMU guest's reader (QEMU need not be running yet: the reader keeps
+/// // trying to reach it), holding the built-in sample card.
+/// let vm = Presentation::Qemu(Endpoint::Tcp { host: "127.0.0.1".into(), port: 1 });
+/// daemon.add_reader(ReaderSpec::new("vm1", vm).with_card(CardSource::Sample { state: None }))?;
+///
+/// daemon.remove("vm1")?;             // the guest sees the card go away
+/// daemon.insert("vm1")?;             // and come back
+/// assert!(daemon.reader("vm1").unwrap().inserted);
+///
+/// assert!(matches!(events.recv(), Some(Event::ReaderAdded { .. })));
+/// assert!(matches!(events.recv(), Some(Event::CardInserted { .. })));
+/// assert!(matches!(events.recv(), Some(Event::CardRemoved { .. })));
+/// assert!(matches!(events.recv(), Some(Event::CardInserted { .. })));
+///
+/// daemon.shutdown(); // every peer is told the card and reader are gone
+/// assert_eq!(events.recv(), Some(Event::CardRemoved { reader: "vm1".into() }));
+/// assert_eq!(events.recv(), Some(Event::ReaderRemoved { reader: "vm1".into() }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Daemon {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Daemon")
+            .field("readers", &lock(&self.inner.readers).len())
+            .finish()
+    }
+}
+
+impl Daemon {
+    /// A daemon without readers.
+    pub fn new(options: Options) -> Daemon {
+        let inner = Arc::new(Inner {
+            options,
+            readers: Mutex::new(BTreeMap::new()),
+            claims: Mutex::new(HashMap::new()),
+            bus: Bus::default(),
+            stopping: Mutex::new(false),
+            wake: Condvar::new(),
+            monitor: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        let interval = inner.options.poll_interval;
+        match std::thread::Builder::new()
+            .name("virtcard-monitor".into())
+            .stack_size(64 * 1024)
+            .spawn(move || monitor(weak, interval))
+        {
+            Ok(t) => *lock(&inner.monitor) = Some(t),
+            // Without the monitor only connected/disconnected events are
+            // missing; everything else works.
+            Err(e) => tracing::warn!(error = %e, "cannot start the connection monitor"),
+        }
+        Daemon { inner }
+    }
+
+    /// A daemon serving everything `config` names. Every card is opened
+    /// before any reader starts, so a bad card stops nothing half-way.
+    pub fn start(config: &Config) -> Result<Daemon, Error> {
+        let d = Daemon::new(Options::new(&config.state_dir));
+        d.add_readers(&config.readers)?;
+        Ok(d)
+    }
+
+    /// Adds several readers, all or none: cards are opened first, and the
+    /// readers already started are removed again if one fails.
+    pub fn add_readers(&self, specs: &[ReaderSpec]) -> Result<(), Error> {
+        let mut opened = Vec::with_capacity(specs.len());
+        for spec in specs {
+            opened.push(self.open_for(spec)?);
+        }
+        let mut added = Vec::new();
+        for (spec, card) in specs.iter().zip(opened) {
+            if let Err(e) = self.add_opened(spec, card) {
+                for name in added {
+                    let _ = self.remove_reader(name);
+                }
+                return Err(e);
+            }
+            added.push(&spec.name);
+        }
+        Ok(())
+    }
+
+    /// Adds one reader, opening the card it names.
+    pub fn add_reader(&self, spec: ReaderSpec) -> Result<(), Error> {
+        let card = self.open_for(&spec)?;
+        self.add_opened(&spec, card)
+    }
+
+    /// Adds one reader with a card made by the caller (or none).
+    pub fn add_reader_with_card(
+        &self,
+        spec: ReaderSpec,
+        card: Option<Box<dyn Card>>,
+    ) -> Result<(), Error> {
+        let card = card.map(|c| (c, None, "card given by the application".to_string()));
+        self.add_opened(&spec, card)
+    }
+
+    fn open_for(&self, spec: &ReaderSpec) -> Result<Option<Opened>, Error> {
+        check_name(&spec.name).map_err(|problem| Error::Invalid {
+            reader: spec.name.clone(),
+            problem,
+        })?;
+        match &spec.card {
+            None => Ok(None),
+            Some(src) => self.open_source(&spec.name, src).map(Some),
+        }
+    }
+
+    fn open_source(&self, reader: &str, src: &CardSource) -> Result<Opened, Error> {
+        let o = src
+            .open(&self.state_dir_for(reader, src))
+            .map_err(|source| Error::Open {
+                reader: reader.to_string(),
+                source,
+            })?;
+        Ok((o.card, Some(o.state), src.to_string()))
+    }
+
+    /// Sample cards without a state file of their own get one per reader,
+    /// so that two readers' sample cards never share PINs.
+    fn state_dir_for(&self, reader: &str, src: &CardSource) -> PathBuf {
+        match src {
+            CardSource::Sample { state: None } => {
+                self.inner.options.state_dir.join("readers").join(reader)
+            }
+            _ => self.inner.options.state_dir.clone(),
+        }
+    }
+
+    fn claim(&self, reader: &str, state: &Option<PathBuf>) -> Result<(), Error> {
+        let Some(state) = state else { return Ok(()) };
+        let key = normalize(state);
+        let mut claims = lock(&self.inner.claims);
+        match claims.get(&key) {
+            Some(owner) if owner != reader => Err(Error::CardInUse {
+                state: state.clone(),
+                reader: owner.clone(),
+            }),
+            _ => {
+                claims.insert(key, reader.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, card: &Option<CardInfo>) {
+        if let Some(state) = card.as_ref().and_then(|c| c.status.state.as_ref()) {
+            lock(&self.inner.claims).remove(&normalize(state));
+        }
+    }
+
+    fn check_running(&self) -> Result<(), Error> {
+        if *lock(&self.inner.stopping) {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn add_opened(&self, spec: &ReaderSpec, card: Option<Opened>) -> Result<(), Error> {
+        self.check_running()?;
+        let place = spec.presentation.to_string();
+        let mut readers = lock(&self.inner.readers);
+        if readers.contains_key(&spec.name) {
+            return Err(Error::ReaderExists(spec.name.clone()));
+        }
+        if let Some(other) = readers.values().find(|c| c.place == place) {
+            return Err(Error::PlaceTaken {
+                place,
+                reader: other.name.clone(),
+            });
+        }
+        let info = card
+            .as_ref()
+            .map(|(c, state, source)| card_info(c.as_ref(), state, source));
+        if let Some(i) = &info {
+            self.claim(&spec.name, &i.status.state)?;
+        }
+        let inserted = spec.inserted && card.is_some();
+        let card = card.map(|(c, _, _)| c);
+        let started = match &spec.presentation {
+            Presentation::Vpcd(mode) => {
+                let (now, held) = if inserted { (card, None) } else { (None, card) };
+                VpcdReader::spawn(*mode, self.inner.options.vpcd_timing, now)
+                    .map(|reader| Transport::Vpcd { reader, held })
+            }
+            Presentation::Qemu(endpoint) => {
+                let slot = Slot::new(card);
+                let mut cfg = ClientConfig::new(endpoint.clone());
+                cfg.reader_name = spec.name.clone();
+                cfg.inserted = inserted;
+                vscard::spawn(cfg, Box::new(slot.card()), None)
+                    .map(|client| Transport::Qemu { client, slot })
+            }
+        };
+        let transport = match started {
+            Ok(t) => t,
+            Err(source) => {
+                self.release(&info);
+                return Err(Error::Start {
+                    reader: spec.name.clone(),
+                    presentation: place,
+                    source,
+                });
+            }
+        };
+        let cell = Arc::new(Cell {
+            name: spec.name.clone(),
+            place: place.clone(),
+            reader: Mutex::new(Reader {
+                card: info,
+                inserted,
+                transport: Some(transport),
+                connected: false,
+            }),
+        });
+        let r = cell.lock();
+        readers.insert(spec.name.clone(), cell.clone());
+        drop(readers);
+        self.inner.bus.emit(Event::ReaderAdded {
+            reader: spec.name.clone(),
+            presentation: place,
+        });
+        if inserted {
+            self.emit_inserted(&spec.name, &r);
+        }
+        Ok(())
+    }
+
+    fn emit_inserted(&self, name: &str, r: &Reader) {
+        if let Some(c) = &r.card {
+            self.inner.bus.emit(Event::CardInserted {
+                reader: name.to_string(),
+                card: c.status.kind.clone(),
+                atr: c.status.atr.clone(),
+            });
+        }
+    }
+
+    fn cell(&self, name: &str) -> Result<Arc<Cell>, Error> {
+        self.check_running()?;
+        lock(&self.inner.readers)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NoReader(name.to_string()))
+    }
+
+    /// Removes a reader (and its card) for good.
+    pub fn remove_reader(&self, name: &str) -> Result<(), Error> {
+        self.check_running()?;
+        let cell = lock(&self.inner.readers)
+            .remove(name)
+            .ok_or_else(|| Error::NoReader(name.to_string()))?;
+        let transport = self.retire(&cell);
+        if let Some(t) = transport {
+            t.shut_down();
+        }
+        Ok(())
+    }
+
+    /// Marks a reader gone and emits its last events; the caller ends the
+    /// transport outside any lock, since QEMU gets time to confirm.
+    fn retire(&self, cell: &Cell) -> Option<Transport> {
+        let mut r = cell.lock();
+        if r.inserted {
+            self.inner.bus.emit(Event::CardRemoved {
+                reader: cell.name.clone(),
+            });
+        }
+        self.inner.bus.emit(Event::ReaderRemoved {
+            reader: cell.name.clone(),
+        });
+        let card = r.card.take();
+        self.release(&card);
+        r.inserted = false;
+        r.transport.take()
+    }
+
+    /// Puts the reader's card (taken out earlier) back in.
+    pub fn insert(&self, name: &str) -> Result<(), Error> {
+        let cell = self.cell(name)?;
+        let mut r = cell.lock();
+        if r.card.is_none() {
+            return Err(Error::NoCard(name.to_string()));
+        }
+        if r.inserted {
+            return Err(Error::AlreadyInserted(name.to_string()));
+        }
+        match r.transport.as_mut() {
+            Some(Transport::Vpcd { reader, held }) => match held.take() {
+                Some(card) => {
+                    reader.insert(card);
+                }
+                None => return Err(Error::NoCard(name.to_string())),
+            },
+            Some(Transport::Qemu { client, .. }) => client.insert(),
+            None => return Err(Error::NoReader(name.to_string())),
+        }
+        r.inserted = true;
+        self.emit_inserted(name, &r);
+        Ok(())
+    }
+
+    /// Puts a new card into an empty reader.
+    pub fn insert_new(&self, name: &str, card: impl Into<NewCard>) -> Result<(), Error> {
+        self.place_card(name, card.into(), false)
+    }
+
+    /// Replaces the reader's card (inserted or not, or none) with a new one,
+    /// which ends up inserted. vpcd readers stay empty for a moment in
+    /// between so that pcscd notices the exchange.
+    pub fn swap(&self, name: &str, card: impl Into<NewCard>) -> Result<(), Error> {
+        self.place_card(name, card.into(), true)
+    }
+
+    fn place_card(&self, name: &str, card: NewCard, replace: bool) -> Result<(), Error> {
+        let cell = self.cell(name)?;
+        if !replace && cell.lock().card.is_some() {
+            return Err(Error::Occupied(name.to_string()));
+        }
+        // Opening can take a while (key stores); the reader stays usable.
+        let (card, state, source) = match card {
+            NewCard::Source(src) => self.open_source(name, &src)?,
+            NewCard::Card(c) => (c, None, "card given by the application".to_string()),
+        };
+        let info = card_info(card.as_ref(), &state, &source);
+        let mut r = cell.lock();
+        if !replace && r.card.is_some() {
+            return Err(Error::Occupied(name.to_string()));
+        }
+        if r.transport.is_none() {
+            return Err(Error::NoReader(name.to_string()));
+        }
+        let old_state = r.card.as_ref().and_then(|c| c.status.state.clone());
+        if state.as_ref().map(|s| normalize(s)) != old_state.as_ref().map(|s| normalize(s)) {
+            self.claim(name, &state)?;
+            let old = r.card.take();
+            self.release(&old);
+        }
+        let was_inserted = r.inserted;
+        match r.transport.as_mut() {
+            Some(Transport::Vpcd { reader, held }) => {
+                *held = None;
+                reader.insert(card);
+            }
+            Some(Transport::Qemu { client, slot }) => {
+                if was_inserted {
+                    client.remove();
+                }
+                slot.replace(Some(card));
+                client.insert();
+            }
+            None => {}
+        }
+        if was_inserted {
+            self.inner.bus.emit(Event::CardRemoved {
+                reader: name.to_string(),
+            });
+        }
+        r.card = Some(info);
+        r.inserted = true;
+        self.emit_inserted(name, &r);
+        Ok(())
+    }
+
+    /// Takes the card out of the reader; the reader keeps it for `insert`.
+    pub fn remove(&self, name: &str) -> Result<(), Error> {
+        let cell = self.cell(name)?;
+        let mut r = cell.lock();
+        if !r.inserted {
+            return Err(Error::NotInserted(name.to_string()));
+        }
+        match r.transport.as_mut() {
+            Some(Transport::Vpcd { reader, held }) => {
+                let mut card = reader.remove();
+                if let Some(c) = card.as_mut() {
+                    c.power_off();
+                }
+                *held = card;
+            }
+            Some(Transport::Qemu { client, slot }) => {
+                client.remove();
+                slot.power_off();
+            }
+            None => return Err(Error::NoReader(name.to_string())),
+        }
+        r.inserted = false;
+        self.inner.bus.emit(Event::CardRemoved {
+            reader: name.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Every reader, by name.
+    pub fn readers(&self) -> Vec<ReaderStatus> {
+        let cells: Vec<Arc<Cell>> = lock(&self.inner.readers).values().cloned().collect();
+        cells.iter().filter_map(|c| status(c)).collect()
+    }
+
+    /// One reader.
+    pub fn reader(&self, name: &str) -> Option<ReaderStatus> {
+        let cell = lock(&self.inner.readers).get(name).cloned()?;
+        status(&cell)
+    }
+
+    /// Waits until `pred` holds for the reader's status, up to `timeout`.
+    pub fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&ReaderStatus) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.reader(name).is_some_and(|s| pred(&s)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> Events {
+        self.inner.bus.subscribe()
+    }
+
+    /// Where description-file and sample cards keep their state.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.options.state_dir
+    }
+
+    /// Removes every card and reader: QEMU peers get CardRemove and
+    /// ReaderRemove, vpcd connections are closed. Then every subscription
+    /// ends. Later operations fail with [`Error::Stopped`].
+    pub fn shutdown(&self) {
+        {
+            let mut s = lock(&self.inner.stopping);
+            if *s {
+                return;
+            }
+            *s = true;
+            self.inner.wake.notify_all();
+        }
+        if let Some(t) = lock(&self.inner.monitor).take() {
+            let _ = t.join();
+        }
+        let cells: Vec<Arc<Cell>> = std::mem::take(&mut *lock(&self.inner.readers))
+            .into_values()
+            .collect();
+        let mut transports: Vec<Transport> = cells.iter().filter_map(|c| self.retire(c)).collect();
+        // QEMU peers each get up to half a second to confirm the removals;
+        // ending them side by side keeps a thousand readers' shutdown short.
+        let per_thread = transports.len().div_ceil(32).max(1);
+        std::thread::scope(|s| {
+            while !transports.is_empty() {
+                let at = transports.len().saturating_sub(per_thread);
+                let chunk = transports.split_off(at);
+                let spawned = std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn_scoped(s, move || chunk.into_iter().for_each(Transport::shut_down));
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "shutting readers down one by one");
+                }
+            }
+        });
+        self.inner.bus.close();
+    }
+}
+
+type Opened = (Box<dyn Card>, Option<PathBuf>, String);
+
+fn card_info(card: &dyn Card, state: &Option<PathBuf>, source: &str) -> CardInfo {
+    CardInfo {
+        status: CardStatus {
+            kind: card.kind().to_string(),
+            source: source.to_string(),
+            atr: hex::encode_upper(card.atr()),
+            state: state.clone(),
+        },
+    }
+}
+
+/// Two spellings of one state file must collide.
+fn normalize(p: &Path) -> PathBuf {
+    match (p.parent(), p.file_name()) {
+        (Some(dir), Some(file)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(file))
+            .unwrap_or_else(|_| p.to_path_buf()),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn status(cell: &Cell) -> Option<ReaderStatus> {
+    let r = cell.lock();
+    let (connection, peer_sees_card, apdus, last_error) = r.transport.as_ref()?.connection();
+    Some(ReaderStatus {
+        name: cell.name.clone(),
+        presentation: cell.place.clone(),
+        connection,
+        card: r.card.as_ref().map(|c| c.status.clone()),
+        inserted: r.inserted,
+        peer_sees_card,
+        apdus,
+        last_error,
+    })
+}
+
+/// Turns connection changes into events.
+fn monitor(inner: Weak<Inner>, interval: Duration) {
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        let cells: Vec<Arc<Cell>> = lock(&inner.readers).values().cloned().collect();
+        for cell in cells {
+            let mut r = cell.lock();
+            let Some(t) = r.transport.as_ref() else {
+                continue;
+            };
+            let now = t.connection().0 == Connection::Connected;
+            if now != r.connected {
+                r.connected = now;
+                let reader = cell.name.clone();
+                inner.bus.emit(if now {
+                    Event::Connected { reader }
+                } else {
+                    Event::Disconnected { reader }
+                });
+            }
+        }
+        let stopping = lock(&inner.stopping);
+        if *stopping {
+            return;
+        }
+        let (stopping, _) = inner
+            .wake
+            .wait_timeout(stopping, interval)
+            .unwrap_or_else(|e| e.into_inner());
+        if *stopping {
+            return;
+        }
+    }
+}
