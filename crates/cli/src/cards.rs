@@ -10,8 +10,9 @@ use virtcard_store::Persisted;
 /// Where the card comes from; shared by every command that serves a card.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct CardArgs {
-    /// Card to serve: a card directory (made by `virtcard card new`) or an ISO
-    /// 7816 card description file (.toml). Default: the built-in sample card.
+    /// Card to serve: a card directory (made by `virtcard card new`), an ISO
+    /// 7816 card description file (.toml), or relay:READER for the physical
+    /// card in a PC/SC reader (name or index). Default: the built-in sample card.
     #[arg(long, value_name = "PATH")]
     pub card: Option<PathBuf>,
     /// Where a description file's card keeps its state (files, PINs, retry
@@ -114,6 +115,15 @@ fn finish<C: Card + 'static>(card: C, state: &Path) -> Box<dyn Card> {
 /// Opens the card the arguments name, wrapped so that its state is saved
 /// before every response that changed it and its APDUs are traced.
 pub fn open(args: &CardArgs) -> Result<Box<dyn Card>> {
+    if let Some(reader) = args
+        .card
+        .as_deref()
+        .and_then(|p| p.to_str())
+        .and_then(|p| p.strip_prefix("relay:"))
+    {
+        let card = crate::cmd::relay::open_card(reader)?;
+        return Ok(Box::new(Traced::new(card, "relay")));
+    }
     let Some(path) = args.card.as_deref() else {
         let state = match &args.state {
             Some(s) => s.clone(),

@@ -36,6 +36,8 @@ enum Cmd {
     Vpcd(cmd::vpcd::Args),
     /// Serve cards to QEMU guests (ccid-card-passthru chardev sockets).
     Qemu(cmd::qemu::Args),
+    /// Relay a physical card from a PC/SC reader into a vpcd slot (APDU log, rewrite rules, filter).
+    Relay(cmd::relay::Args),
     /// A drop-in for libcacard's vscclient, with its stdin commands.
     Vscclient(cmd::vscclient::Args),
     /// Create, inspect and check card descriptions and card directories.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     logging::init(cli.verbose, cli.quiet);
     let result = match cli.command {
         Cmd::Vpcd(a) => cmd::vpcd::run(a),
+        Cmd::Relay(a) => cmd::relay::run(a),
         Cmd::Qemu(a) => cmd::qemu::run(a, cards::open_path),
         Cmd::Vscclient(a) => cmd::vscclient::run(a, cards::open_path, &logging::set_debug),
         Cmd::Card(c) => cmd::card::run(c),

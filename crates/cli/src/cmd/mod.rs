@@ -3,5 +3,6 @@
 pub mod card;
 pub mod card_cac;
 pub mod qemu;
+pub mod relay;
 pub mod vpcd;
 pub mod vscclient;
