@@ -40,6 +40,10 @@ enum Cmd {
     Relay(cmd::relay::Args),
     /// A drop-in for libcacard's vscclient, with its stdin commands.
     Vscclient(cmd::vscclient::Args),
+    /// Serve every reader and card of a configuration file, controlled through a socket.
+    Run(cmd::run::Args),
+    /// Control a running `virtcard run`: list, insert, remove, swap, add/remove readers, events.
+    Ctl(cmd::ctl::Args),
     /// Create, inspect and check card descriptions and card directories.
     #[command(subcommand)]
     Card(cmd::card::CardCmd),
@@ -54,6 +58,8 @@ fn main() -> ExitCode {
         Cmd::Qemu(a) => cmd::qemu::run(a, cards::open_path),
         Cmd::Vscclient(a) => cmd::vscclient::run(a, cards::open_path, &logging::set_debug),
         Cmd::Card(c) => cmd::card::run(c),
+        Cmd::Run(a) => cmd::run::run(a),
+        Cmd::Ctl(a) => cmd::ctl::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,9 @@
 
 pub mod card;
 pub mod card_cac;
+pub mod ctl;
 pub mod qemu;
 pub mod relay;
+pub mod run;
 pub mod vpcd;
 pub mod vscclient;
