@@ -1,6 +1,7 @@
 //! `virtcard`: the command-line edge. Parses arguments, sets up logging,
 //! opens cards and hands them to transports; everything else lives in the
 //! library crates.
+#![forbid(unsafe_code)]
 
 mod cards;
 mod cmd;
