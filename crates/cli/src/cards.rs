@@ -12,8 +12,9 @@ pub use virtcard_daemon::card::{CARD_FILE, STATE_FILE};
 /// Where the card comes from; shared by every command that serves a card.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct CardArgs {
-    /// Card to serve: a card directory (made by `virtcard card new`) or an ISO
-    /// 7816 card description file (.toml). Default: the built-in sample card.
+    /// Card to serve: a card directory (made by `virtcard card new`), an ISO
+    /// 7816 card description file (.toml), or relay:READER for the physical
+    /// card in a PC/SC reader (name or index). Default: the built-in sample card.
     #[arg(long, value_name = "PATH")]
     pub card: Option<PathBuf>,
     /// Where a description file's card keeps its state (files, PINs, retry

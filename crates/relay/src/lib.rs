@@ -14,6 +14,8 @@ mod card;
 mod mitm;
 mod watch;
 
+pub use pcsc;
+
 pub use card::{list_readers, ReaderSelector, RelayCard, RelayError};
 pub use mitm::{ApduLog, Chain, Filter, Mitm, Rule, Rules, RulesError, Side};
 pub use watch::Watcher;

@@ -54,7 +54,7 @@ use openssl::x509::X509;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-use virtcard_keystore::pkcs11::{Pkcs11KeyStore, TokenSection};
+use virtcard_keystore::pkcs11::{Pkcs11KeyStore, TokenCertificate, TokenSection};
 use virtcard_keystore::{KeyError, KeyStore, SoftwareKeyStore};
 use virtcard_runtime::Runtime;
 use zeroize::Zeroizing;
@@ -399,4 +399,62 @@ pub fn token_credentials(
         });
     }
     Ok(pki)
+}
+
+/// A CAC made of certificates found on a token, each with the token's key
+/// for it: an NSS database's certificates chosen by nickname, or every
+/// certificate of a hardware token being re-emulated. Certificates without a
+/// usable RSA key are skipped (and logged), as libcacard does; an error
+/// results only when none is left.
+pub fn card_from_token(
+    store: &Pkcs11KeyStore,
+    certs: &[TokenCertificate],
+    pin: Zeroizing<Vec<u8>>,
+    max_tries: u8,
+) -> Result<CacCard, CacError> {
+    let mut pki = Vec::new();
+    let mut digest = openssl::sha::Sha256::new();
+    for c in certs.iter().take(MAX_PKI) {
+        let key = match store.key_for_certificate(c) {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                tracing::warn!(certificate = %c.label, token = %store.name(), "no private key for this certificate on the token; skipped");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(certificate = %c.label, token = %store.name(), "skipped: {e}");
+                continue;
+            }
+        };
+        if !matches!(key.algorithm(), virtcard_keystore::KeyAlgorithm::Rsa { bits } if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits))
+        {
+            tracing::warn!(certificate = %c.label, "a CAC holds RSA keys only; {} skipped", key.algorithm());
+            continue;
+        }
+        digest.update(&c.der);
+        pki.push(PkiCredential {
+            key,
+            certificate_der: c.der.clone(),
+        });
+    }
+    if pki.is_empty() {
+        return Err(CacError::MissingTokenCertificate {
+            id: certs
+                .iter()
+                .map(|c| c.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            token: store.name().to_string(),
+        });
+    }
+    // A stable card id per certificate set, so OpenSC's serial stays the same
+    // across runs.
+    let card_id = digest.finish()[..8].to_vec();
+    CacCard::new(CacSetup {
+        card_id,
+        pin,
+        max_tries,
+        tries_left: max_tries,
+        pki,
+    })
 }

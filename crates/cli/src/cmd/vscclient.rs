@@ -3,9 +3,11 @@
 //! Same command line (`[-c CERT]… [-e OPTIONS] [-d LEVEL] HOST PORT`) and the
 //! same stdin commands (`insert`, `remove`, `select`, `list`, `debug`,
 //! `exit`, matched by prefix). Unlike vscclient it survives socket loss and
-//! QEMU restarts, and accepts APDUs of any size. NSS-backed cards (`-c`,
-//! `-e db=…`) need a back end that does not exist yet; a card file given with
-//! `--card` is served instead.
+//! QEMU restarts, and accepts APDUs of any size. `-c` and `-e` work as in
+//! libcacard: `soft=` cards are CACs built from certificates of an NSS
+//! database whose keys stay in the database (NSS's softokn does the private
+//! key operations), `passthru` forwards a physical card from PC/SC. A card
+//! file given with `--card` is served instead.
 
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -14,18 +16,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use virtcard_runtime::Card;
+use virtcard_keystore::pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyStore, TokenSelector};
+use virtcard_runtime::{Card, Runtime, Traced};
 use virtcard_transport::vscard::{spawn, ClientConfig, ClientHandle, Endpoint};
+use zeroize::Zeroizing;
 
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Commands on stdin (prefixes work, e.g. 'i' for insert):\n  \
+#[command(
+    after_help = "Commands on stdin (prefixes work, e.g. 'i' for insert):\n  \
 insert [id]    put the card into reader id (default: the selected reader)\n  \
 remove [id]    take the card out\n  \
 select id      choose the reader later commands use\n  \
 list           show readers and cards\n  \
 debug [level]  show or set the debug level\n  \
 exit           remove card and reader, then quit\n\n\
-Example:\n  virtcard vscclient --card card.toml 127.0.0.1 35963")]
+Example:\n  virtcard vscclient --card card.toml 127.0.0.1 35963"
+)]
 pub struct Args {
     /// NSS certificate nickname for a software CAC card (repeatable).
     #[arg(short = 'c', value_name = "CERT")]
@@ -45,42 +51,215 @@ pub struct Args {
     pub port: u16,
 }
 
-/// Checks `-c` and `-e`: everything that needs NSS is refused clearly.
-pub fn check_emulator_options(args: &Args) -> Result<()> {
-    if !args.certs.is_empty() {
-        bail!(
-            "-c {}: software CAC cards from NSS certificates are not supported yet \
-             (there is no NSS back end); serve a virtcard card with --card FILE instead",
-            args.certs.join(" -c ")
-        );
+/// Which PKCS#11 slots libcacard's `use_hw` mirrors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UseHw {
+    No,
+    /// Removable hardware slots (libcacard's default).
+    #[default]
+    Yes,
+    /// Every removable slot, software ones included.
+    Removable,
+}
+
+/// Card type for mirrored tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HwType {
+    #[default]
+    Cac,
+    /// Forward APDUs to the real card in a PC/SC reader.
+    Passthru,
+}
+
+/// One `soft=(slot,reader,CAC,params,cert…)` item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SoftCard {
+    /// NSS token name; empty means the database's own key slot.
+    pub slot: String,
+    pub reader: String,
+    pub certs: Vec<String>,
+}
+
+/// What `-e` and `-c` ask for, as libcacard's `vcard_emul_options` reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Emulation {
+    /// NSS database, as given in `db="…"` (without the quotes).
+    pub db: Option<String>,
+    pub use_hw: UseHw,
+    pub hw_type: HwType,
+    pub soft: Vec<SoftCard>,
+}
+
+/// libcacard's default database.
+pub const DEFAULT_DB: &str = "/etc/pki/nssdb";
+
+impl Emulation {
+    pub fn db(&self) -> &str {
+        self.db.as_deref().unwrap_or(DEFAULT_DB)
     }
-    let Some(opts) = &args.emul_options else {
-        return Ok(());
-    };
-    for item in split_options(opts) {
-        let key = item.split_once('=').map_or(item.as_str(), |(k, _)| k);
-        match key {
-            "db" => bail!(
-                "-e {item}: NSS databases are not supported yet (no NSS back end); \
-                 serve a virtcard card with --card FILE instead"
-            ),
-            "soft" | "nssemul" | "hw_type" | "hw_params" | "passthru" => bail!(
-                "-e {item}: libcacard's NSS and passthru card emulation is not supported yet; \
-                 serve a virtcard card with --card FILE instead"
-            ),
-            "use_hw" => {
-                let v = item.split_once('=').map_or("", |(_, v)| v);
-                if !v.starts_with(['0', 'N', 'n', 'F', 'f']) {
-                    bail!(
-                        "-e {item}: mirroring hardware tokens is not supported yet; \
-                         use use_hw=no with --card FILE"
-                    );
+}
+
+/// Parses `-e` and `-c` with libcacard's rules: blanks or commas separate
+/// items, `db` needs its quotes and may appear once, an unknown item fails.
+pub fn parse_emulation(args: &Args) -> Result<Emulation> {
+    let mut e = Emulation::default();
+    if let Some(opts) = &args.emul_options {
+        for item in split_options(opts) {
+            let (key, value) = match item.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (item.as_str(), None),
+            };
+            match (key, value) {
+                ("db", Some(v)) => {
+                    if e.db.is_some() {
+                        bail!("-e {item}: db is given twice");
+                    }
+                    let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) else {
+                        bail!(
+                            "-e {item}: the database needs quotes, e.g. db=\"sql:/etc/pki/nssdb\""
+                        );
+                    };
+                    e.db = Some(inner.to_string());
                 }
+                ("use_hw", Some(v)) => {
+                    e.use_hw = if v.starts_with(['0', 'N', 'n', 'F']) {
+                        UseHw::No
+                    } else if v == "removable" {
+                        UseHw::Removable
+                    } else {
+                        UseHw::Yes
+                    }
+                }
+                ("hw_type", Some(v)) => {
+                    e.hw_type = match v.to_ascii_uppercase().as_str() {
+                        "CAC" => HwType::Cac,
+                        "PASSTHRU" => HwType::Passthru,
+                        _ => bail!("-e {item}: hw_type is CAC or PASSTHRU"),
+                    }
+                }
+                ("hw_params", Some(_)) => {}
+                ("nssemul", None) => {
+                    e.use_hw = UseHw::Yes;
+                    e.hw_type = HwType::Cac;
+                }
+                ("passthru", None) => {
+                    e.use_hw = UseHw::Yes;
+                    e.hw_type = HwType::Passthru;
+                }
+                ("soft", Some(v)) => e.soft.push(parse_soft(&item, v)?),
+                _ => bail!("-e {item}: Unknown smartcard specification"),
             }
-            _ => bail!("-e {item}: Unknown smartcard specification"),
         }
     }
-    Ok(())
+    if !args.certs.is_empty() {
+        // vscclient turns -c into one more soft card on the default database.
+        e.soft.push(SoftCard {
+            slot: String::new(),
+            reader: "Virtual Reader".into(),
+            certs: args.certs.clone(),
+        });
+    }
+    if !e.soft.is_empty() && e.use_hw != UseHw::No && e.hw_type == HwType::Passthru {
+        bail!("-e: soft cards and passthru cannot be combined");
+    }
+    Ok(e)
+}
+
+fn parse_soft(item: &str, v: &str) -> Result<SoftCard> {
+    let Some(inner) = v.strip_prefix('(').and_then(|v| v.strip_suffix(')')) else {
+        bail!("-e {item}: expected soft=(slot,reader,CAC,params,cert1,cert2,…)");
+    };
+    let fields: Vec<&str> = inner.split(',').map(str::trim).collect();
+    if fields.len() < 4 {
+        bail!("-e {item}: expected soft=(slot,reader,CAC,params,cert1,cert2,…)");
+    }
+    if !fields[2].eq_ignore_ascii_case("CAC") {
+        bail!(
+            "-e {item}: card type {:?}: only CAC is supported",
+            fields[2]
+        );
+    }
+    Ok(SoftCard {
+        slot: fields[0].trim_matches('"').to_string(),
+        reader: fields[1].trim_matches('"').to_string(),
+        certs: fields[4..]
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| c.trim_matches('"').to_string())
+            .collect(),
+    })
+}
+
+/// Where an NSS card's PINs come from. The database password (if the
+/// database has one) is read from `$VIRTCARD_NSS_PIN_FILE` or
+/// `$VIRTCARD_NSS_PIN`; the card's own PIN from `$VIRTCARD_CARD_PIN`, else
+/// the database password, else 12345678.
+fn nss_pins() -> Result<(PinSource, Zeroizing<Vec<u8>>)> {
+    let token = match (
+        std::env::var_os("VIRTCARD_NSS_PIN_FILE"),
+        std::env::var_os("VIRTCARD_NSS_PIN"),
+    ) {
+        (Some(f), _) => PinSource::File(PathBuf::from(f)),
+        (None, Some(_)) => PinSource::Env("VIRTCARD_NSS_PIN".into()),
+        (None, None) => PinSource::None,
+    };
+    let card = match std::env::var("VIRTCARD_CARD_PIN") {
+        Ok(p) => Zeroizing::new(p.into_bytes()),
+        Err(_) => match token.resolve("the NSS database")? {
+            Some(p) => Zeroizing::new(p.as_bytes().to_vec()),
+            None => Zeroizing::new(b"12345678".to_vec()),
+        },
+    };
+    if card.is_empty() || card.len() > 8 {
+        bail!("the card PIN must be 1 to 8 characters (VIRTCARD_CARD_PIN)");
+    }
+    Ok((token, card))
+}
+
+/// A CAC made of the named certificates of an NSS database and their keys,
+/// which stay in the database (operations run in NSS's softokn).
+pub fn nss_soft_card(db: &str, soft: &SoftCard) -> Result<Box<dyn Card>> {
+    let (pin, card_pin) = nss_pins()?;
+    let mut cfg = Pkcs11Config::nss(db, pin);
+    if !soft.slot.is_empty() {
+        cfg.token = TokenSelector::Label(soft.slot.clone());
+    }
+    let store =
+        Pkcs11KeyStore::open(&cfg).with_context(|| format!("cannot open the NSS database {db}"))?;
+    let all = store.certificates()?;
+    let mut chosen = Vec::new();
+    for nick in &soft.certs {
+        match all.iter().find(|c| &c.label == nick) {
+            Some(c) => chosen.push(c.clone()),
+            None => tracing::warn!(db, "no certificate with nickname {nick:?}; skipped"),
+        }
+    }
+    if chosen.is_empty() {
+        bail!(
+            "none of the certificates {:?} is in {db} (list them with certutil -L -d {db})",
+            soft.certs
+        );
+    }
+    let card = virtcard_cards::cac::card_from_token(&store, &chosen, card_pin, 3)?;
+    tracing::info!(db, reader = %soft.reader, "CAC with {} certificate(s) from NSS", chosen.len());
+    Ok(Box::new(Traced::new(Runtime::new(card), "cac")))
+}
+
+/// libcacard's PASSTHRU: the physical card of the first PC/SC reader that
+/// holds one, relayed APDU by APDU.
+fn passthru_card() -> Result<Box<dyn Card>> {
+    let ctx = pcsc_context()?;
+    for reader in virtcard_relay::list_readers(&ctx)? {
+        if let Ok(card) = virtcard_relay::RelayCard::connect(&reader, None) {
+            return Ok(Box::new(Traced::new(card, "relay")));
+        }
+    }
+    bail!("passthru: no PC/SC reader holds a card")
+}
+
+fn pcsc_context() -> Result<virtcard_relay::pcsc::Context> {
+    virtcard_relay::pcsc::Context::establish(virtcard_relay::pcsc::Scope::User)
+        .context("PC/SC is not available (is pcscd running?)")
 }
 
 /// Splits at blanks and commas, keeping `( … )` groups and quotes together.
@@ -261,13 +440,31 @@ pub fn run(
     open: impl Fn(&Path) -> Result<Box<dyn Card>>,
     set_debug: &dyn Fn(u32),
 ) -> Result<()> {
-    check_emulator_options(&args)?;
-    let Some(card_path) = &args.card else {
+    let emulation = parse_emulation(&args)?;
+    let mut reader_name = "virtcard".to_string();
+    let card = if let Some(card_path) = &args.card {
+        if !emulation.soft.is_empty() {
+            bail!("--card and NSS soft cards (-c, -e soft=…) exclude each other");
+        }
+        open(card_path).with_context(|| format!("cannot open {}", card_path.display()))?
+    } else if let Some(first) = emulation.soft.first() {
+        if emulation.soft.len() > 1 {
+            tracing::warn!(
+                "QEMU's ccid-card-passthru serves one reader; only {:?} is used",
+                first.reader
+            );
+        }
+        reader_name = first.reader.clone();
+        nss_soft_card(emulation.db(), first)?
+    } else if emulation.use_hw != UseHw::No && emulation.hw_type == HwType::Passthru {
+        reader_name = "passthru".into();
+        passthru_card()?
+    } else {
         bail!(
-            "no card: give --card FILE (vscclient's NSS-backed cards via -c/-e are not supported yet)"
+            "no card: give --card FILE, NSS certificates (-c NICK, -e 'db=\"sql:DIR\" soft=(,Reader,CAC,,NICK…)') \
+             or -e passthru"
         );
     };
-    let card = open(card_path).with_context(|| format!("cannot open {}", card_path.display()))?;
     if args.debug > 0 {
         set_debug(args.debug);
     }
@@ -275,8 +472,9 @@ pub fn run(
         host: args.host.clone(),
         port: args.port,
     };
-    let client = spawn(ClientConfig::new(endpoint), card, None)
-        .context("cannot start the VSCard client")?;
+    let mut config = ClientConfig::new(endpoint);
+    config.reader_name = reader_name;
+    let client = spawn(config, card, None).context("cannot start the VSCard client")?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
@@ -359,18 +557,51 @@ mod tests {
     }
 
     #[test]
-    fn nss_options_are_refused_clearly() {
-        let e = check_emulator_options(&args(&["-c", "cert1", "h", "1"])).unwrap_err();
-        assert!(e.to_string().contains("not supported yet"));
-        let e = check_emulator_options(&args(&["-e", "db=\"sql:/x\" use_hw=no", "h", "1"]))
-            .unwrap_err();
-        assert!(e.to_string().contains("NSS databases are not supported yet"));
-        let e = check_emulator_options(&args(&["-e", "soft=(,R,CAC,,a,b)", "h", "1"])).unwrap_err();
-        assert!(e.to_string().contains("not supported yet"));
-        let e = check_emulator_options(&args(&["-e", "bogus", "h", "1"])).unwrap_err();
+    fn emulator_options_as_libcacard_reads_them() {
+        let e = parse_emulation(&args(&[
+            "-e",
+            "db=\"sql:/tmp/db\" use_hw=no soft=(,Test,CAC,,cert1,cert2,cert3)",
+            "h",
+            "1",
+        ]))
+        .unwrap();
+        assert_eq!(e.db(), "sql:/tmp/db");
+        assert_eq!(e.use_hw, UseHw::No);
+        assert_eq!(
+            e.soft,
+            [SoftCard {
+                slot: String::new(),
+                reader: "Test".into(),
+                certs: vec!["cert1".into(), "cert2".into(), "cert3".into()],
+            }]
+        );
+        let e = parse_emulation(&args(&["-c", "a", "-c", "b", "h", "1"])).unwrap();
+        assert_eq!(e.db(), DEFAULT_DB);
+        assert_eq!(e.use_hw, UseHw::Yes);
+        assert_eq!(e.soft[0].reader, "Virtual Reader");
+        assert_eq!(e.soft[0].certs, ["a", "b"]);
+        let e = parse_emulation(&args(&["-e", "passthru", "h", "1"])).unwrap();
+        assert_eq!((e.use_hw, e.hw_type), (UseHw::Yes, HwType::Passthru));
+        let e = parse_emulation(&args(&["-e", "use_hw=removable,hw_type=cac", "h", "1"])).unwrap();
+        assert_eq!((e.use_hw, e.hw_type), (UseHw::Removable, HwType::Cac));
+        let e = parse_emulation(&args(&["-e", "nssemul use_hw=F", "h", "1"])).unwrap();
+        assert_eq!(e.use_hw, UseHw::No);
+        for bad in [
+            "bogus",
+            "db=/no/quotes",
+            "db=\"a\" db=\"b\"",
+            "soft=(,R,PIV,,a)",
+            "soft=(,R)",
+            "hw_type=OTHER",
+            "passthru soft=(,R,CAC,,a)",
+        ] {
+            assert!(
+                parse_emulation(&args(&["-e", bad, "h", "1"])).is_err(),
+                "{bad}"
+            );
+        }
+        let e = parse_emulation(&args(&["-e", "bogus", "h", "1"])).unwrap_err();
         assert!(e.to_string().contains("Unknown smartcard specification"));
-        assert!(check_emulator_options(&args(&["-e", "use_hw=no", "h", "1"])).is_ok());
-        assert!(check_emulator_options(&args(&["-d", "2", "127.0.0.1", "35963"])).is_ok());
     }
 
     #[test]
