@@ -100,6 +100,32 @@ CAC_SEQUENCES = [
 ]
 
 
+PIV_AID = h("A000000308")
+PIV_PIN, PIV_PUK = b"123456\xff\xff", b"12345678"
+PIV_SEQUENCES = [
+    # What yubico-piv-tool and OpenSC's piv driver start with.
+    [bytes([0, 0xA4, 4, 0, 5]) + PIV_AID, h("00FD0000"), h("00F80000"),
+     h("00CB3FFF055C035FC10200"), h("00CB3FFF055C035FC10500"), h("00F7008000"),
+     h("00200080"), bytes([0, 0x20, 0, 0x80, 8]) + PIV_PIN, h("00200080"),
+     h("0087039B047C02800000"), h("00CB3FFF035C017E00")],
+    # PIN and PUK flows: change, block, unblock, block both, factory reset.
+    [bytes([0, 0xA4, 4, 0, 5]) + PIV_AID,
+     bytes([0, 0x24, 0, 0x80, 16]) + PIV_PIN + b"654321\xff\xff",
+     bytes([0, 0x20, 0, 0x80, 8]) + b"000000\xff\xff",
+     bytes([0, 0x20, 0, 0x80, 8]) + b"000000\xff\xff",
+     bytes([0, 0x20, 0, 0x80, 8]) + b"000000\xff\xff",
+     bytes([0, 0x2C, 0, 0x80, 16]) + PIV_PUK + b"111111\xff\xff",
+     bytes([0, 0x20, 0, 0x80, 8]) + b"111111\xff\xff",
+     bytes([0, 0x20, 0, 0x80, 8]) + b"999999\xff\xff",
+     bytes([0, 0x20, 0, 0x80, 8]) + b"999999\xff\xff",
+     bytes([0, 0x20, 0, 0x80, 8]) + b"999999\xff\xff",
+     bytes([0, 0x24, 0, 0x81, 16]) + b"00000000" + b"11111111",
+     bytes([0, 0x24, 0, 0x81, 16]) + b"00000000" + b"11111111",
+     bytes([0, 0x24, 0, 0x81, 16]) + b"00000000" + b"11111111",
+     h("00FB0000"), bytes([0, 0x20, 0, 0x80, 8]) + PIV_PIN],
+]
+
+
 def vpcd_frames(payloads):
     return b"".join(struct.pack(">H", len(p)) + p for p in payloads)
 
@@ -114,7 +140,7 @@ def main():
     iso = iso_test_sequence()
     assert len(iso) > 20, "iso_vpcd.rs no longer has x(&mut c, \"...\") calls"
     all_apdus = iso + [a for f in ISO_PIN_FLOWS for a in f if a] + \
-        [a for s in CAC_SEQUENCES for a in s]
+        [a for s in CAC_SEQUENCES for a in s] + [a for s in PIV_SEQUENCES for a in s]
     for i, a in enumerate(dict.fromkeys(all_apdus)):
         write("apdu", f"{i:03}", a)
 
@@ -126,6 +152,10 @@ def main():
     for i, seq in enumerate(CAC_SEQUENCES):
         write("card_cac", f"opensc-{i}", ops(seq))
         write("card_cac", f"opensc-t0-{i}", ops(seq, t0=True))
+
+    for i, seq in enumerate(PIV_SEQUENCES):
+        write("card_piv", f"piv-{i}", ops(seq))
+        write("card_piv", f"piv-t0-{i}", ops(seq, t0=True))
 
     write("vpcd", "session", b"\x00" + vpcd_frames(
         [b"\x04", b"\x01", b"\x04"] + iso[:30] + [b"\x02", b"\x00", b"\x01", verify(ISO_PIN)]))

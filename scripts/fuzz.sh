@@ -52,6 +52,9 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Card directories the targets make for themselves go away with the run.
+mkdir -p "$work/tmp"
+export TMPDIR="$work/tmp"
 
 # Runs one target; prints "target execs crashes".
 run_one() {

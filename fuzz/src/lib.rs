@@ -399,6 +399,27 @@ pub mod cards {
         .expect("the CAC builds");
         Runtime::new(card)
     }
+
+    /// A PIV card directory made once per process (default PIN, PUK and
+    /// management key, no keys, so nothing a sequence does can touch files).
+    fn piv_dir() -> &'static std::path::Path {
+        static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir").keep().join("piv");
+            let opts = virtcard_cards::piv::ProvisionOptions {
+                serial: Some(12_345_678),
+                attestation: false,
+                ..Default::default()
+            };
+            virtcard_cards::piv::provision(&dir, &opts).expect("PIV card provisioned");
+            dir
+        })
+    }
+
+    /// The PIV card, as provisioned.
+    pub fn piv() -> Runtime<virtcard_cards::piv::PivCard> {
+        virtcard_cards::piv::open(piv_dir()).expect("the PIV card opens")
+    }
 }
 
 /// Retry counters of the ISO card: PIN 81 and its PUK.
@@ -433,5 +454,26 @@ impl Counters for CacCounters<'_> {
 
     fn may_raise(&self, _index: usize, ins: u8, was_blocked: bool) -> bool {
         !was_blocked && matches!(ins, 0x20 | 0x24)
+    }
+}
+
+/// The PIV card's PIN and PUK counters. A blocked PIN comes back through the
+/// PUK (RESET RETRY COUNTER) or a factory reset (YubiKey `FB`, allowed only
+/// once both are blocked); a blocked PUK only through a factory reset.
+pub struct PivCounters<'a>(pub &'a virtcard_cards::piv::PivCard);
+
+impl Counters for PivCounters<'_> {
+    fn counters(&self) -> Vec<u8> {
+        vec![self.0.pin_tries_left(), self.0.puk_tries_left()]
+    }
+
+    fn may_raise(&self, index: usize, ins: u8, was_blocked: bool) -> bool {
+        match (index, was_blocked) {
+            (0, true) => matches!(ins, 0x2C | 0xFB),
+            (_, true) => ins == 0xFB,
+            // SET PIN RETRIES (FA) needs the PIN verified and the management key.
+            (0, false) => matches!(ins, 0x20 | 0x24 | 0x2C | 0xFA | 0xFB),
+            (_, false) => matches!(ins, 0x24 | 0x2C | 0xFA | 0xFB),
+        }
     }
 }
