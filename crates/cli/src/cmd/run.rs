@@ -93,7 +93,9 @@ pub fn run(args: Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("shutting down: removing every card and reader");
-    server.shutdown();
+    // The daemon first, so that `ctl events` streams still carry the
+    // removals; its end of the event bus then closes them.
     daemon.shutdown();
+    server.shutdown();
     Ok(())
 }
