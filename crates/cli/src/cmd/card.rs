@@ -25,6 +25,9 @@ pub enum NewCmd {
     Iso7816(NewIsoArgs),
     /// A DoD Common Access Card (CAC) with three RSA keys and certificates.
     Cac(super::card_cac::Args),
+    /// A PIV card like a new YubiKey (PIN 123456, PUK 12345678, default
+    /// management key), or with imported keys and certificates.
+    Piv(super::card_piv::Args),
 }
 
 #[derive(clap::Args)]
@@ -41,6 +44,7 @@ pub fn run(cmd: CardCmd) -> Result<()> {
     match cmd {
         CardCmd::New(NewCmd::Iso7816(a)) => new_iso(a),
         CardCmd::New(NewCmd::Cac(a)) => super::card_cac::run(a),
+        CardCmd::New(NewCmd::Piv(a)) => super::card_piv::run(a),
         CardCmd::Check { file } => {
             let card = Iso7816Card::from_description_file(&file)?;
             println!(

@@ -2,6 +2,7 @@
 
 pub mod card;
 pub mod card_cac;
+pub mod card_piv;
 pub mod ctl;
 pub mod qemu;
 pub mod relay;
