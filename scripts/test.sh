@@ -10,5 +10,14 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo deny"
+if command -v cargo-deny >/dev/null; then
+  # Advisories need the RustSec database from GitHub, unreachable here.
+  cargo deny --log-level error check licenses bans sources
+else
+  echo "cargo-deny is not installed; skipped (cargo install cargo-deny --locked)"
+fi
+echo "== fuzz: every target for ${VIRTCARD_FUZZ_SECONDS:-10} s"
+bash scripts/fuzz.sh "${VIRTCARD_FUZZ_SECONDS:-10}"
 echo "== cargo test"
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/virtcard-test.log
