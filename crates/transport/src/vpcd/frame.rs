@@ -86,8 +86,11 @@ impl Decoder {
 
     /// Adds received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        // Consumed bytes go once nothing is pending, or once they pile up: a
+        // peer that always leaves a partial frame behind must not make the
+        // buffer grow for as long as the connection lasts.
+        if self.start > 0 && (self.start == self.buf.len() || self.start >= 4096) {
+            self.buf.drain(..self.start);
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
@@ -136,6 +139,19 @@ mod tests {
         d.push(&[0xA4]);
         assert_eq!(d.next_frame(), Some(&[0, 0xA4][..]));
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn consumed_bytes_do_not_pile_up() {
+        let mut d = Decoder::new();
+        // Each push completes one frame and starts the next.
+        d.push(&[0x00]);
+        for _ in 0..100_000 {
+            d.push(&[0x01, 0x04, 0x00]);
+            assert_eq!(d.next_frame(), Some(&[4][..]));
+        }
+        assert_eq!(d.buffered(), 1);
+        assert!(d.buf.len() < 8192, "buffer grew to {}", d.buf.len());
     }
 
     proptest! {
