@@ -359,6 +359,25 @@ impl Module {
         Ok(out)
     }
 
+    /// `C_Finalize` and `C_Initialize` again: the module forgets every
+    /// session and login and looks for its tokens afresh (SoftHSM sees tokens
+    /// created or restored by other processes only this way). Key stores of
+    /// this module log in again on their next use; call this only while none
+    /// is in the middle of an operation.
+    pub fn reinitialize(&self) -> Result<(), KeyError> {
+        match self.ctx.clone().finalize() {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
+            Err(e) => return Err(token_err("C_Finalize", e)),
+        }
+        match &self.init_params {
+            Some(p) => initialize_with_params(&self.ctx, p),
+            None => self
+                .ctx
+                .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                .map_err(|e| token_err("C_Initialize", e)),
+        }
+    }
+
     fn find_slot(&self, sel: &TokenSelector) -> Result<Slot, KeyError> {
         let slots = self
             .ctx

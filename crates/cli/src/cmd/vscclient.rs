@@ -6,8 +6,11 @@
 //! QEMU restarts, and accepts APDUs of any size. `-c` and `-e` work as in
 //! libcacard: `soft=` cards are CACs built from certificates of an NSS
 //! database whose keys stay in the database (NSS's softokn does the private
-//! key operations), `passthru` forwards a physical card from PC/SC. A card
-//! file given with `--card` is served instead.
+//! key operations), `use_hw=yes` re-emulates the first PKCS#11 token (of the
+//! modules registered in the database, or given with `--pkcs11-module`) as a
+//! CAC card and follows its insertion and removal, `passthru` forwards a
+//! physical card from PC/SC (readers and cards may come and go). A card file
+//! given with `--card` is served instead.
 
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::hotplug;
 use anyhow::{bail, Context, Result};
 use virtcard_keystore::pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyStore, TokenSelector};
 use virtcard_runtime::{Card, Runtime, Traced};
@@ -45,6 +49,10 @@ pub struct Args {
     /// The card to serve (virtcard card file or directory).
     #[arg(long, value_name = "FILE")]
     pub card: Option<PathBuf>,
+    /// PKCS#11 module whose tokens `use_hw=yes` re-emulates (repeatable);
+    /// default: the modules registered in the NSS database (`modutil -add`).
+    #[arg(long = "pkcs11-module", value_name = "PATH")]
+    pub pkcs11_modules: Vec<PathBuf>,
     /// Host of QEMU's chardev socket.
     pub host: String,
     /// Port of QEMU's chardev socket.
@@ -245,21 +253,64 @@ pub fn nss_soft_card(db: &str, soft: &SoftCard) -> Result<Box<dyn Card>> {
     Ok(Box::new(Traced::new(Runtime::new(card), "cac")))
 }
 
-/// libcacard's PASSTHRU: the physical card of the first PC/SC reader that
-/// holds one, relayed APDU by APDU.
-fn passthru_card() -> Result<Box<dyn Card>> {
-    let ctx = pcsc_context()?;
-    for reader in virtcard_relay::list_readers(&ctx)? {
-        if let Ok(card) = virtcard_relay::RelayCard::connect(&reader, None) {
-            return Ok(Box::new(Traced::new(card, "relay")));
+/// libcacard's `use_hw=yes hw_type=CAC`: the tokens of PKCS#11 modules
+/// re-emulated as CAC cards. The modules are the ones given with
+/// `--pkcs11-module`, else those registered in the NSS database. The token's
+/// PIN comes from `$VIRTCARD_TOKEN_PIN_FILE` or `$VIRTCARD_TOKEN_PIN`; the
+/// guest types the same PIN unless `$VIRTCARD_CARD_PIN` sets another.
+fn token_source(args: &Args, emulation: &Emulation) -> Result<hotplug::Source> {
+    let paths = if args.pkcs11_modules.is_empty() {
+        let db = emulation.db();
+        let paths = hotplug::nss_db_modules(db).with_context(|| {
+            format!(
+                "use_hw=yes: no PKCS#11 modules; give --pkcs11-module PATH or register one in {db} \
+                 with modutil -add NAME -libfile PATH -dbdir {db}"
+            )
+        })?;
+        if paths.is_empty() {
+            bail!(
+                "use_hw=yes: {db} has no PKCS#11 module registered; give --pkcs11-module PATH or \
+                 add one with modutil -add NAME -libfile PATH -dbdir {db}"
+            );
         }
+        paths
+    } else {
+        args.pkcs11_modules.clone()
+    };
+    let mut modules = Vec::new();
+    for p in &paths {
+        modules.push(
+            virtcard_keystore::pkcs11::module(p, None)
+                .with_context(|| format!("cannot load the PKCS#11 module {}", p.display()))?,
+        );
     }
-    bail!("passthru: no PC/SC reader holds a card")
-}
-
-fn pcsc_context() -> Result<virtcard_relay::pcsc::Context> {
-    virtcard_relay::pcsc::Context::establish(virtcard_relay::pcsc::Scope::User)
-        .context("PC/SC is not available (is pcscd running?)")
+    let token_pin = match (
+        std::env::var_os("VIRTCARD_TOKEN_PIN_FILE"),
+        std::env::var_os("VIRTCARD_TOKEN_PIN"),
+    ) {
+        (Some(f), _) => PinSource::File(PathBuf::from(f)),
+        (None, Some(_)) => PinSource::Env("VIRTCARD_TOKEN_PIN".into()),
+        (None, None) => PinSource::None,
+    };
+    let card_pin = std::env::var("VIRTCARD_CARD_PIN")
+        .ok()
+        .map(|p| Zeroizing::new(p.into_bytes()));
+    tracing::info!(
+        "re-emulating the tokens of {} as CAC cards",
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(hotplug::Source::Tokens {
+        modules,
+        policy: hotplug::TokenPolicy {
+            removable_only: emulation.use_hw == UseHw::Removable,
+            token_pin,
+            card_pin,
+        },
+    })
 }
 
 /// Splits at blanks and commas, keeping `( … )` groups and quotes together.
@@ -442,11 +493,13 @@ pub fn run(
 ) -> Result<()> {
     let emulation = parse_emulation(&args)?;
     let mut reader_name = "virtcard".to_string();
-    let card = if let Some(card_path) = &args.card {
+    let card: Serve = if let Some(card_path) = &args.card {
         if !emulation.soft.is_empty() {
             bail!("--card and NSS soft cards (-c, -e soft=…) exclude each other");
         }
-        open(card_path).with_context(|| format!("cannot open {}", card_path.display()))?
+        Serve::Card(
+            open(card_path).with_context(|| format!("cannot open {}", card_path.display()))?,
+        )
     } else if let Some(first) = emulation.soft.first() {
         if emulation.soft.len() > 1 {
             tracing::warn!(
@@ -455,14 +508,22 @@ pub fn run(
             );
         }
         reader_name = first.reader.clone();
-        nss_soft_card(emulation.db(), first)?
+        Serve::Card(nss_soft_card(emulation.db(), first)?)
     } else if emulation.use_hw != UseHw::No && emulation.hw_type == HwType::Passthru {
+        // libcacard's PASSTHRU: the physical card of the first PC/SC reader
+        // holding one, relayed APDU by APDU; readers and cards may come later.
         reader_name = "passthru".into();
-        passthru_card()?
+        Serve::Hot(hotplug::Source::Readers(None))
+    } else if emulation.use_hw != UseHw::No {
+        reader_name = "token".into();
+        Serve::Hot(token_source(&args, &emulation).context(
+            "no card: give --card FILE, NSS certificates (-c NICK, -e 'db=\"sql:DIR\" soft=(,Reader,CAC,,NICK…)'), \
+             -e passthru, or PKCS#11 tokens (-e use_hw=yes)",
+        )?)
     } else {
         bail!(
-            "no card: give --card FILE, NSS certificates (-c NICK, -e 'db=\"sql:DIR\" soft=(,Reader,CAC,,NICK…)') \
-             or -e passthru"
+            "no card: give --card FILE, NSS certificates (-c NICK, -e 'db=\"sql:DIR\" soft=(,Reader,CAC,,NICK…)'), \
+             -e passthru, or PKCS#11 tokens (-e use_hw=yes)"
         );
     };
     if args.debug > 0 {
@@ -474,7 +535,17 @@ pub fn run(
     };
     let mut config = ClientConfig::new(endpoint);
     config.reader_name = reader_name;
-    let client = spawn(config, card, None).context("cannot start the VSCard client")?;
+    let (client, hot) = match card {
+        Serve::Card(card) => (
+            Arc::new(spawn(config, card, None).context("cannot start the VSCard client")?),
+            None,
+        ),
+        Serve::Hot(source) => {
+            let h = hotplug::HotClient::start(config, source)
+                .context("cannot start the VSCard client")?;
+            (h.client.clone(), Some(h))
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
@@ -521,8 +592,24 @@ pub fn run(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => stdin_open = false,
         }
     }
-    client.shutdown();
+    match hot {
+        Some(h) => {
+            drop(client);
+            h.shutdown();
+        }
+        None => {
+            if let Ok(c) = Arc::try_unwrap(client) {
+                c.shutdown();
+            }
+        }
+    }
     Ok(())
+}
+
+/// What the VSCard connection serves: one card, or cards that come and go.
+enum Serve {
+    Card(Box<dyn Card>),
+    Hot(hotplug::Source),
 }
 
 #[cfg(test)]

@@ -1,0 +1,556 @@
+//! Cards that come and go while one VSCard connection stays up: the card
+//! behind the connection is swapped when a PKCS#11 token or a physical card
+//! appears, and taken out when it leaves.
+//!
+//! * [`CardSlot`] is the socket a VSCard client serves; the followers put
+//!   cards in and take them out.
+//! * [`follow_tokens`] re-emulates PKCS#11 tokens as CAC cards (libcacard's
+//!   `use_hw=yes`): the first slot holding a token becomes the card, with
+//!   every certificate of the token and its private-key operations running
+//!   on the token; token removal removes the card.
+//! * [`follow_readers`] relays physical cards from PC/SC readers, readers
+//!   that appear later included.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use virtcard_keystore::pkcs11::{
+    Module, PinSource, Pkcs11KeyStore, SlotDescription, TokenSelector,
+};
+use virtcard_runtime::{Card, Link, Runtime, Traced};
+use virtcard_transport::vscard::{spawn, ClientConfig, ClientHandle};
+use zeroize::Zeroizing;
+
+/// How often the token followers look at the modules' slots.
+pub const TOKEN_POLL: Duration = Duration::from_millis(500);
+/// How often modules are initialised again while no token is served. Many
+/// modules (SoftHSM among them) find tokens created, restored or plugged in
+/// after start only in `C_Initialize`, and do not report them as slot
+/// events either.
+const RESCAN: Duration = Duration::from_secs(2);
+/// How soon a token that could not be re-emulated is tried again.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// ATRs handed out by [`SlotCard::atr`]. `Card::atr` lends its answer for as
+/// long as the card lives, but the card behind a slot changes; so every
+/// distinct ATR is kept once for the process (a handful: one per kind of
+/// card ever inserted).
+static ATRS: Mutex<Vec<&'static [u8]>> = Mutex::new(Vec::new());
+
+fn intern_atr(atr: &[u8]) -> &'static [u8] {
+    let mut atrs = ATRS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = atrs.iter().find(|a| **a == atr) {
+        return a;
+    }
+    let a: &'static [u8] = Box::leak(atr.to_vec().into_boxed_slice());
+    atrs.push(a);
+    a
+}
+
+struct Inner {
+    card: Option<Box<dyn Card>>,
+    atr: &'static [u8],
+    link: Option<Link>,
+}
+
+/// The shared place a [`SlotCard`] takes its card from.
+#[derive(Clone)]
+pub struct CardSlot(Arc<Mutex<Inner>>);
+
+impl Default for CardSlot {
+    fn default() -> Self {
+        CardSlot(Arc::new(Mutex::new(Inner {
+            card: None,
+            atr: &[],
+            link: None,
+        })))
+    }
+}
+
+impl CardSlot {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The card a VSCard client serves: whatever is in the slot.
+    pub fn card(&self) -> SlotCard {
+        SlotCard(self.clone())
+    }
+
+    /// Puts `card` in (replacing any card there).
+    pub fn put(&self, mut card: Box<dyn Card>) {
+        let mut inner = self.lock();
+        if let Some(link) = inner.link {
+            card.set_link(link);
+        }
+        inner.atr = intern_atr(card.atr());
+        inner.card = Some(card);
+    }
+
+    /// Takes the card out; it is dropped (a token's sessions close, a
+    /// physical card is disconnected).
+    pub fn clear(&self) {
+        let card = self.lock().card.take();
+        drop(card);
+    }
+}
+
+/// A [`Card`] that is whatever card its [`CardSlot`] holds; with none, every
+/// command fails with 6F00 (the host is told of the removal separately).
+pub struct SlotCard(CardSlot);
+
+impl Card for SlotCard {
+    fn atr(&self) -> &[u8] {
+        self.0.lock().atr
+    }
+    fn power_on(&mut self) {
+        if let Some(c) = self.0.lock().card.as_mut() {
+            c.power_on();
+        }
+    }
+    fn power_off(&mut self) {
+        if let Some(c) = self.0.lock().card.as_mut() {
+            c.power_off();
+        }
+    }
+    fn reset(&mut self) {
+        if let Some(c) = self.0.lock().card.as_mut() {
+            c.reset();
+        }
+    }
+    fn is_powered(&self) -> bool {
+        self.0.lock().card.as_ref().is_some_and(|c| c.is_powered())
+    }
+    fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
+        match self.0.lock().card.as_mut() {
+            Some(c) => c.transmit(command, response),
+            None => {
+                response.clear();
+                response.extend_from_slice(&[0x6F, 0x00]);
+            }
+        }
+    }
+    fn set_link(&mut self, link: Link) {
+        let mut inner = self.0.lock();
+        inner.link = Some(link);
+        if let Some(c) = inner.card.as_mut() {
+            c.set_link(link);
+        }
+    }
+    fn kind(&self) -> &str {
+        "hotplug"
+    }
+}
+
+/// A running follower thread; stops when dropped.
+pub struct Follower {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    watcher: Option<virtcard_relay::Watcher>,
+}
+
+impl Follower {
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(w) = self.watcher.take() {
+            w.shutdown();
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Which slots of the modules are re-emulated, and with which PINs.
+#[derive(Clone)]
+pub struct TokenPolicy {
+    /// Only slots the module calls removable (libcacard's `use_hw=removable`).
+    pub removable_only: bool,
+    /// The token's user PIN (virtcard logs in with it).
+    pub token_pin: PinSource,
+    /// The emulated card's PIN; `None`: the token's PIN.
+    pub card_pin: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// The PIN the guest types: the card PIN given, else the token PIN, else
+/// 12345678 (for tokens that need no login).
+fn card_pin(policy: &TokenPolicy, token: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let pin = match &policy.card_pin {
+        Some(p) => p.clone(),
+        None => match policy.token_pin.resolve(token)? {
+            Some(p) => Zeroizing::new(p.as_bytes().to_vec()),
+            None => Zeroizing::new(b"12345678".to_vec()),
+        },
+    };
+    if pin.is_empty() || pin.len() > 8 {
+        anyhow::bail!(
+            "the card PIN must be 1 to 8 characters; the token's PIN is not, so set VIRTCARD_CARD_PIN"
+        );
+    }
+    Ok(pin)
+}
+
+/// Why a token could not be re-emulated.
+enum TokenFailure {
+    /// Opening or logging in failed: not tried again while the token stays
+    /// (a wrong PIN tried every few seconds would lock it).
+    Login(anyhow::Error),
+    /// Its contents do not make a card (yet): tried again later.
+    Content(anyhow::Error),
+}
+
+/// Builds the CAC for one token: every certificate with a private key.
+fn token_card(
+    module: &Arc<Module>,
+    slot: &SlotDescription,
+    policy: &TokenPolicy,
+) -> Result<Box<dyn Card>, TokenFailure> {
+    let store = Pkcs11KeyStore::open_in(
+        module.clone(),
+        &TokenSelector::Slot(slot.id),
+        &policy.token_pin,
+    )
+    .map_err(|e| TokenFailure::Login(e.into()))?;
+    let pin = card_pin(policy, store.name()).map_err(TokenFailure::Login)?;
+    let certs = store
+        .certificates()
+        .map_err(|e| TokenFailure::Content(e.into()))?;
+    if certs.is_empty() {
+        return Err(TokenFailure::Content(anyhow::anyhow!(
+            "the token holds no certificate"
+        )));
+    }
+    let card = virtcard_cards::cac::card_from_token(&store, &certs, pin, 3)
+        .map_err(|e| TokenFailure::Content(e.into()))?;
+    Ok(Box::new(Traced::new(Runtime::new(card), "cac")))
+}
+
+/// The token being served: which module and slot, and the token's serial
+/// (a token re-created in the same slot is a different token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Served {
+    module: usize,
+    slot: u64,
+    serial: String,
+    label: String,
+}
+
+/// Re-emulates the first token of `modules` as a CAC card in `slot`, and
+/// follows it: `insert`/`remove` tell the VSCard client when the token
+/// arrives or leaves. While no token is served the modules are initialised
+/// again every [`RESCAN`], so tokens created after start show up too.
+pub fn follow_tokens(
+    modules: Vec<Arc<Module>>,
+    policy: TokenPolicy,
+    slot: CardSlot,
+    insert: impl Fn() + Send + 'static,
+    remove: impl Fn() + Send + 'static,
+) -> Result<Follower> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("token-watch".into())
+        .spawn(move || {
+            let mut served: Option<Served> = None;
+            // Tokens that could not be turned into a card (yet: a token
+            // being written may still lack its certificates): tried again
+            // after a pause, the reason logged once.
+            // `None`: never again while the token stays.
+            let mut failed: Vec<(Served, Option<Instant>)> = Vec::new();
+            let mut others_logged: Vec<Served> = Vec::new();
+            let mut waiting_logged = false;
+            let mut last_rescan = Instant::now();
+            while !stop2.load(Ordering::Relaxed) {
+                let mut present = Vec::new();
+                for (i, m) in modules.iter().enumerate() {
+                    match m.slots() {
+                        Ok(slots) => present.extend(
+                            slots
+                                .into_iter()
+                                .filter(|s| !policy.removable_only || s.removable)
+                                .map(|s| (i, s)),
+                        ),
+                        Err(e) => tracing::debug!(module = %m.path().display(), "cannot list slots: {e}"),
+                    }
+                }
+                let tokens: Vec<Served> = present
+                    .iter()
+                    .map(|(i, s)| Served {
+                        module: *i,
+                        slot: s.id,
+                        serial: s.serial.clone(),
+                        label: s.label.clone(),
+                    })
+                    .collect();
+                if let Some(s) = &served {
+                    if !tokens.contains(s) {
+                        tracing::info!(token = %s.label, slot = s.slot, "token removed: card removed");
+                        slot.clear();
+                        remove();
+                        served = None;
+                    }
+                }
+                failed.retain(|(f, _)| tokens.contains(f));
+                if served.is_none() {
+                    for ((i, desc), t) in present.iter().zip(&tokens) {
+                        let earlier = failed.iter().position(|(f, _)| f == t);
+                        if earlier.is_some_and(|i| failed[i].1.is_none_or(|at| at.elapsed() < RETRY)) {
+                            continue;
+                        }
+                        match token_card(&modules[*i], desc, &policy) {
+                            Ok(card) => {
+                                tracing::info!(
+                                    token = %t.label,
+                                    slot = t.slot,
+                                    module = %modules[*i].path().display(),
+                                    "token inserted: served as a CAC card"
+                                );
+                                slot.put(card);
+                                insert();
+                                served = Some(t.clone());
+                                waiting_logged = false;
+                                break;
+                            }
+                            Err(TokenFailure::Login(e)) => {
+                                if earlier.is_none() {
+                                    tracing::warn!(token = %t.label, slot = t.slot, "token not re-emulated (not tried again until it is re-inserted): {e:#}");
+                                    failed.push((t.clone(), None));
+                                }
+                            }
+                            Err(TokenFailure::Content(e)) => match earlier {
+                                Some(i) => {
+                                    tracing::debug!(token = %t.label, slot = t.slot, "token still not re-emulated: {e:#}");
+                                    failed[i].1 = Some(Instant::now());
+                                }
+                                None => {
+                                    tracing::warn!(token = %t.label, slot = t.slot, "token not re-emulated (trying again every {}s): {e:#}", RETRY.as_secs());
+                                    failed.push((t.clone(), Some(Instant::now())));
+                                }
+                            },
+                        }
+                    }
+                }
+                if let Some(s) = &served {
+                    let others: Vec<Served> =
+                        tokens.iter().filter(|t| *t != s).cloned().collect();
+                    if !others.is_empty() && others != others_logged {
+                        let names: Vec<String> = others
+                            .iter()
+                            .map(|t| format!("{:?} (slot {})", t.label, t.slot))
+                            .collect();
+                        tracing::info!(
+                            used = %s.label,
+                            "QEMU takes one card per connection; not served: {}",
+                            names.join(", ")
+                        );
+                    }
+                    others_logged = others;
+                } else {
+                    if !waiting_logged {
+                        waiting_logged = true;
+                        tracing::info!("waiting for a token");
+                    }
+                    if last_rescan.elapsed() >= RESCAN {
+                        last_rescan = Instant::now();
+                        for m in &modules {
+                            if let Err(e) = m.reinitialize() {
+                                tracing::debug!(module = %m.path().display(), "rescan failed: {e}");
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(TOKEN_POLL);
+            }
+            slot.clear();
+        })
+        .context("cannot start the token watcher")?;
+    Ok(Follower {
+        stop,
+        thread: Some(thread),
+        watcher: None,
+    })
+}
+
+/// Relays physical cards into `slot`: from the reader `reader` names (a name,
+/// part of one, or an index; it may appear later), or with `None` from the
+/// first reader holding a card.
+pub fn follow_readers(
+    reader: Option<&str>,
+    slot: CardSlot,
+    insert: impl Fn() + Send + 'static,
+    remove: impl Fn() + Send + 'static,
+) -> Result<Follower> {
+    let sel = reader.map(virtcard_relay::ReaderSelector::parse);
+    let (s_in, s_out) = (slot.clone(), slot);
+    let watcher = virtcard_relay::Watcher::follow(
+        sel,
+        || None,
+        move |card| {
+            s_in.put(Box::new(Traced::new(card, "relay")));
+            insert();
+        },
+        move || {
+            s_out.clear();
+            remove();
+        },
+    )?;
+    Ok(Follower {
+        stop: Arc::new(AtomicBool::new(false)),
+        thread: None,
+        watcher: Some(watcher),
+    })
+}
+
+/// A VSCard client serving whatever card a follower puts into its slot:
+/// the client starts without a card and is told of every insertion and
+/// removal.
+pub struct HotClient {
+    pub client: Arc<ClientHandle>,
+    follower: Follower,
+}
+
+/// What a [`HotClient`] follows.
+pub enum Source {
+    Tokens {
+        modules: Vec<Arc<Module>>,
+        policy: TokenPolicy,
+    },
+    Readers(Option<String>),
+}
+
+impl HotClient {
+    pub fn start(mut config: ClientConfig, source: Source) -> Result<HotClient> {
+        let slot = CardSlot::default();
+        config.inserted = false;
+        let client = Arc::new(spawn(config, Box::new(slot.card()), None)?);
+        let (c_in, c_out) = (Arc::downgrade(&client), Arc::downgrade(&client));
+        let insert = move || {
+            if let Some(c) = c_in.upgrade() {
+                c.insert();
+            }
+        };
+        let remove = move || {
+            if let Some(c) = c_out.upgrade() {
+                c.remove();
+            }
+        };
+        let follower = match source {
+            Source::Tokens { modules, policy } => {
+                follow_tokens(modules, policy, slot, insert, remove)?
+            }
+            Source::Readers(r) => follow_readers(r.as_deref(), slot, insert, remove)?,
+        };
+        Ok(HotClient { client, follower })
+    }
+
+    /// Stops following, then removes card and reader from QEMU.
+    pub fn shutdown(self) {
+        self.follower.shutdown();
+        match Arc::try_unwrap(self.client) {
+            Ok(c) => c.shutdown(),
+            Err(c) => drop(c),
+        }
+    }
+}
+
+/// The PKCS#11 modules an NSS database has registered (`modutil -add`), as
+/// listed in its `pkcs11.txt`; NSS's own internal module is left out.
+pub fn nss_db_modules(db: &str) -> Result<Vec<PathBuf>> {
+    let dir = db
+        .strip_prefix("sql:")
+        .or_else(|| db.strip_prefix("dbm:"))
+        .unwrap_or(db);
+    let file = PathBuf::from(dir).join("pkcs11.txt");
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {} (the modules of {db})", file.display()))?;
+    Ok(parse_pkcs11_txt(&text))
+}
+
+/// `library=` of every module entry in NSS's `pkcs11.txt` (entries are
+/// separated by blank lines; the internal module has an empty library).
+pub fn parse_pkcs11_txt(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("library="))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_of_an_nss_database() {
+        let text = "library=\nname=NSS Internal PKCS #11 Module\nparameters=configdir='sql:/x'\n\
+NSS=Flags=internal,critical trustOrder=75\n\nlibrary=/usr/lib/softhsm/libsofthsm2.so\nname=softhsm\n\n\
+library= /usr/lib/opensc-pkcs11.so \nname=OpenSC\n";
+        assert_eq!(
+            parse_pkcs11_txt(text),
+            [
+                PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+                PathBuf::from("/usr/lib/opensc-pkcs11.so")
+            ]
+        );
+    }
+
+    struct Fixed(Vec<u8>, u32);
+    impl Card for Fixed {
+        fn atr(&self) -> &[u8] {
+            &self.0
+        }
+        fn power_on(&mut self) {}
+        fn power_off(&mut self) {}
+        fn reset(&mut self) {}
+        fn is_powered(&self) -> bool {
+            true
+        }
+        fn transmit(&mut self, _c: &[u8], r: &mut Vec<u8>) {
+            self.1 += 1;
+            r.clear();
+            r.extend_from_slice(&[0x90, 0x00]);
+        }
+        fn set_link(&mut self, _l: Link) {}
+        fn kind(&self) -> &str {
+            "fixed"
+        }
+    }
+
+    #[test]
+    fn slot_card_follows_its_slot() {
+        let slot = CardSlot::default();
+        let mut card = slot.card();
+        let mut rsp = Vec::new();
+        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
+        assert_eq!(rsp, [0x6F, 0x00]);
+        slot.put(Box::new(Fixed(vec![0x3B, 0x01], 0)));
+        assert_eq!(card.atr(), [0x3B, 0x01]);
+        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
+        assert_eq!(rsp, [0x90, 0x00]);
+        slot.put(Box::new(Fixed(vec![0x3B, 0x02], 0)));
+        assert_eq!(card.atr(), [0x3B, 0x02]);
+        slot.clear();
+        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
+        assert_eq!(rsp, [0x6F, 0x00]);
+        // The same ATR is kept once.
+        assert!(std::ptr::eq(
+            intern_atr(&[0x3B, 0x01]),
+            intern_atr(&[0x3B, 0x01])
+        ));
+    }
+}
