@@ -2,7 +2,10 @@
 //!
 //! Each QEMU socket gets its own connection thread and card, so one process
 //! can serve several VMs (or several `usb-ccid` readers of one VM); a VM that
-//! hangs or restarts never disturbs the others.
+//! hangs or restarts never disturbs the others. Instead of a card file, a
+//! connection can pass a physical card through from PC/SC (`--passthru`):
+//! the reader may appear later, and the card's insertion and removal reach
+//! the guest.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +16,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use virtcard_runtime::Card;
 use virtcard_transport::vscard::{spawn, ClientConfig, ClientHandle, Endpoint};
 
+use super::hotplug::{HotClient, Source};
+
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
 virtcard qemu 127.0.0.1 35963 --card card.toml\n      QEMU was started with\n      \
@@ -20,7 +25,11 @@ virtcard qemu 127.0.0.1 35963 --card card.toml\n      QEMU was started with\n   
 virtcard qemu --unix /run/vm1/vscard.sock --card card.toml\n      \
 for -chardev socket,id=vscard,path=/run/vm1/vscard.sock,server=on,wait=off\n  \
 virtcard qemu --vm 127.0.0.1:35963=alice.toml --vm unix:/run/vm2.sock=bob.toml\n      \
-two VMs served by one process\n\n\
+two VMs served by one process\n  \
+virtcard qemu 127.0.0.1 35963 --passthru\n      \
+the physical card of the first PC/SC reader holding one (readers may be plugged in later)\n  \
+virtcard qemu --vm 127.0.0.1:35963=passthru:'Gemalto' --vm 127.0.0.1:35964=passthru:1\n      \
+two readers, by name and by index, each into its own VM\n\n\
 virtcard keeps reconnecting when QEMU is not there yet, restarts or drops the connection; \
 each reconnect gives the guest a freshly inserted card. Stop with Ctrl-C: the guest then \
 sees the card removed.")]
@@ -34,9 +43,16 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub unix: Option<PathBuf>,
     /// The card for HOST PORT or --unix.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "passthru")]
     pub card: Option<PathBuf>,
-    /// Another VM: HOST:PORT=CARD or unix:PATH=CARD (repeatable).
+    /// Pass a physical card through to HOST PORT or --unix: the card in
+    /// READER (a name, part of one, or an index), or without READER the
+    /// first reader holding a card. Readers may appear later; inserting and
+    /// removing the card there inserts and removes it in the guest.
+    #[arg(long, value_name = "READER", num_args = 0..=1, default_missing_value = "")]
+    pub passthru: Option<String>,
+    /// Another VM: HOST:PORT=CARD or unix:PATH=CARD (repeatable); CARD may be
+    /// passthru or passthru:READER.
     #[arg(long = "vm", value_name = "ENDPOINT=CARD")]
     pub vms: Vec<String>,
     /// Start with the card(s) out of the reader.
@@ -71,8 +87,31 @@ pub fn parse_endpoint(spec: &str) -> Result<Endpoint> {
     })
 }
 
-/// The endpoints and card files the arguments name.
-pub fn targets(args: &Args) -> Result<Vec<(Endpoint, PathBuf)>> {
+/// What one connection serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A card file or directory.
+    Card(PathBuf),
+    /// The physical card of a PC/SC reader (`None`: any reader).
+    Passthru(Option<String>),
+}
+
+impl Target {
+    /// `passthru`, `passthru:READER`, or a card path.
+    fn parse(s: &str) -> Target {
+        match s.strip_prefix("passthru") {
+            Some("") => Target::Passthru(None),
+            Some(r) if r.starts_with(':') => {
+                let r = &r[1..];
+                Target::Passthru((!r.is_empty()).then(|| r.to_string()))
+            }
+            _ => Target::Card(PathBuf::from(s)),
+        }
+    }
+}
+
+/// The endpoints and what each serves, as the arguments name them.
+pub fn targets(args: &Args) -> Result<Vec<(Endpoint, Target)>> {
     let mut out = Vec::new();
     let main = match (&args.host, args.port, &args.unix) {
         (Some(host), Some(port), None) => Some(Endpoint::Tcp {
@@ -83,33 +122,72 @@ pub fn targets(args: &Args) -> Result<Vec<(Endpoint, PathBuf)>> {
         (None, None, None) => None,
         _ => bail!("give either HOST PORT or --unix PATH"),
     };
-    match (main, &args.card) {
-        (Some(ep), Some(card)) => out.push((ep, card.clone())),
-        (Some(_), None) => bail!("--card FILE is required: which card should the guest see?"),
-        (None, Some(_)) => bail!("--card needs HOST PORT or --unix PATH"),
+    let passthru = args
+        .passthru
+        .as_ref()
+        .map(|r| Target::Passthru((!r.is_empty()).then(|| r.clone())));
+    let what = args.card.clone().map(Target::Card).or(passthru);
+    match (main, what) {
+        (Some(ep), Some(t)) => out.push((ep, t)),
+        (Some(_), None) => bail!(
+            "--card FILE (or --passthru [READER]) is required: which card should the guest see?"
+        ),
+        (None, Some(_)) => bail!("--card and --passthru need HOST PORT or --unix PATH"),
         (None, None) => {}
     }
     for vm in &args.vms {
         let (ep, card) = vm
             .rsplit_once('=')
             .ok_or_else(|| anyhow!("--vm {vm:?}: expected ENDPOINT=CARD"))?;
-        out.push((parse_endpoint(ep)?, PathBuf::from(card)));
+        out.push((parse_endpoint(ep)?, Target::parse(card)));
     }
     if out.is_empty() {
-        bail!("nothing to serve: give HOST PORT --card FILE, --unix PATH --card FILE or --vm");
+        bail!(
+            "nothing to serve: give HOST PORT --card FILE, --unix PATH --card FILE, --passthru or --vm"
+        );
     }
     Ok(out)
 }
 
+/// A running connection: a fixed card, or one that follows a reader.
+pub enum Client {
+    Card(ClientHandle),
+    Passthru(HotClient),
+}
+
+impl Client {
+    pub fn shutdown(self) {
+        match self {
+            Client::Card(c) => c.shutdown(),
+            Client::Passthru(h) => h.shutdown(),
+        }
+    }
+}
+
 /// Starts one client per target.
 pub fn start(
-    targets: Vec<(Endpoint, PathBuf)>,
+    targets: Vec<(Endpoint, Target)>,
     inserted: bool,
     reader_name: &str,
     open: &dyn Fn(&Path) -> Result<Box<dyn Card>>,
-) -> Result<Vec<ClientHandle>> {
+) -> Result<Vec<Client>> {
     let mut clients = Vec::new();
-    for (endpoint, card_path) in targets {
+    for (endpoint, target) in targets {
+        let card_path = match target {
+            Target::Card(p) => p,
+            Target::Passthru(reader) => {
+                match &reader {
+                    Some(r) => tracing::info!("passing the card in PC/SC reader {r:?} through to QEMU at {endpoint}"),
+                    None => tracing::info!("passing the first card found in any PC/SC reader through to QEMU at {endpoint}"),
+                }
+                let mut cfg = ClientConfig::new(endpoint.clone());
+                cfg.reader_name = reader_name.to_string();
+                let h = HotClient::start(cfg, Source::Readers(reader))
+                    .with_context(|| format!("cannot start the client for {endpoint}"))?;
+                clients.push(Client::Passthru(h));
+                continue;
+            }
+        };
         let card =
             open(&card_path).with_context(|| format!("cannot open {}", card_path.display()))?;
         let atr: String = card.atr().iter().map(|b| format!("{b:02X}")).collect();
@@ -119,7 +197,7 @@ pub fn start(
         cfg.reader_name = reader_name.to_string();
         let client = spawn(cfg, card, None)
             .with_context(|| format!("cannot start the client for {endpoint}"))?;
-        clients.push(client);
+        clients.push(Client::Card(client));
     }
     Ok(clients)
 }
@@ -140,4 +218,49 @@ pub fn run(args: Args, open: impl Fn(&Path) -> Result<Box<dyn Card>>) -> Result<
         c.shutdown();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct W {
+            #[command(flatten)]
+            a: Args,
+        }
+        let mut v = vec!["qemu"];
+        v.extend_from_slice(extra);
+        W::parse_from(v).a
+    }
+
+    #[test]
+    fn passthru_targets() {
+        let t = targets(&args(&["127.0.0.1", "5", "--passthru"])).unwrap();
+        assert_eq!(t[0].1, Target::Passthru(None));
+        let t = targets(&args(&[
+            "127.0.0.1",
+            "5",
+            "--passthru",
+            "Virtual PCD 00 00",
+        ]))
+        .unwrap();
+        assert_eq!(t[0].1, Target::Passthru(Some("Virtual PCD 00 00".into())));
+        let t = targets(&args(&[
+            "--vm",
+            "127.0.0.1:5=passthru",
+            "--vm",
+            "127.0.0.1:6=passthru:1",
+            "--vm",
+            "unix:/s=card.toml",
+        ]))
+        .unwrap();
+        assert_eq!(t[0].1, Target::Passthru(None));
+        assert_eq!(t[1].1, Target::Passthru(Some("1".into())));
+        assert_eq!(t[2].1, Target::Card(PathBuf::from("card.toml")));
+        assert!(targets(&args(&["--passthru"])).is_err());
+        assert!(targets(&args(&["127.0.0.1", "5"])).is_err());
+    }
 }

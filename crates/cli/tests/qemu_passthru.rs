@@ -1,0 +1,179 @@
+//! `virtcard qemu --passthru READER`: a virtcard CAC in vpcd slot 0 plays
+//! the physical card; `virtcard qemu` passes PC/SC reader
+//! "Virtual PCD 00 00" through to the QEMU simulator, whose guest side is
+//! bridged into vpcd slot 1 so that OpenSC plays the guest's middleware.
+//! virtcard qemu starts before pcscd has any reader, the card arrives later,
+//! and taking the physical card out and putting it back reaches the guest.
+
+mod p11;
+
+use p11::*;
+use std::sync::Arc;
+use std::time::Duration;
+use virtcard_cards::cac::{self, ProvisionOptions};
+use virtcard_runtime::{Card, Link};
+use virtcard_testkit::Pcscd;
+use virtcard_transport::vpcd::{Mode, Timing, VpcdReader};
+use virtcard_transport::vscard::sim::{GuestAnswer, QemuSim, SimOptions};
+
+/// The guest's view of QEMU's emulated reader, as a card vpcd can serve.
+struct Guest {
+    sim: Arc<QemuSim>,
+    atr: Vec<u8>,
+}
+
+impl Guest {
+    fn boxed(sim: &Arc<QemuSim>) -> Box<dyn Card> {
+        let atr = sim
+            .with_host(|h| h.atr().map(<[u8]>::to_vec))
+            .expect("a card is in QEMU's reader");
+        Box::new(Guest {
+            sim: sim.clone(),
+            atr,
+        })
+    }
+}
+
+impl Card for Guest {
+    fn atr(&self) -> &[u8] {
+        &self.atr
+    }
+    fn power_on(&mut self) {}
+    fn power_off(&mut self) {}
+    fn reset(&mut self) {}
+    fn is_powered(&self) -> bool {
+        true
+    }
+    fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
+        response.clear();
+        match self.sim.guest_transmit(command, Duration::from_secs(10)) {
+            Some(GuestAnswer::Data(r)) if r.len() >= 2 => response.extend_from_slice(&r),
+            _ => response.extend_from_slice(&[0x6F, 0x00]),
+        }
+    }
+    fn set_link(&mut self, _link: Link) {}
+    fn kind(&self) -> &str {
+        "qemu-guest"
+    }
+}
+
+#[test]
+fn physical_card_follows_into_the_guest() {
+    if let Some(why) = missing(&[]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("card");
+    cac::provision(
+        &dir,
+        &ProvisionOptions {
+            key_bits: 2048,
+            common_name: Some("PASSED.THROUGH".into()),
+            ..Default::default()
+        }
+        .with_pin(CARD_PIN.into()),
+    )
+    .unwrap();
+
+    // No PC/SC at all yet: virtcard qemu must wait for it.
+    let mut pcscd = Pcscd::start().unwrap();
+    pcscd.kill();
+    let sim = Arc::new(QemuSim::start_tcp(SimOptions::default()).unwrap());
+    let socket = pcscd.socket();
+    let no_color = tmp.path().join("none");
+    let reader0 = Pcscd::reader_name(0);
+    let mut qemu = Virtcard::spawn(
+        &[
+            "-vv",
+            "qemu",
+            "127.0.0.1",
+            &sim.port().to_string(),
+            "--passthru",
+            &reader0,
+        ],
+        &[
+            ("PCSCLITE_CSOCK_NAME", socket.as_path()),
+            ("NO_COLOR", no_color.as_path()),
+        ],
+        tmp.path().join("qemu.log"),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(qemu.alive(), "{}", qemu.log());
+    assert!(
+        !sim.with_host(|h| h.card_present()),
+        "a card without a reader"
+    );
+
+    // The readers appear, then the physical card.
+    pcscd.restart().unwrap();
+    let physical_args = [
+        "-v",
+        "vpcd",
+        "--port",
+        &pcscd.port(0).to_string(),
+        "--card",
+        dir.to_str().unwrap(),
+    ];
+    let mut physical = Virtcard::spawn(
+        &physical_args,
+        &[("NO_COLOR", no_color.as_path())],
+        tmp.path().join("physical.log"),
+    );
+    assert!(
+        sim.wait_card(Duration::from_secs(20)),
+        "the physical card did not reach QEMU:\n{}",
+        qemu.log()
+    );
+
+    // The original, straight from slot 0, and the guest's view in slot 1.
+    let original = OpenSc::new(&pcscd, &tmp.path().join("orig"), 0);
+    original.wait_for_token(Some(&physical));
+    let (cert, _) = original.certificate("0001");
+    let addr = format!("127.0.0.1:{}", pcscd.port(1)).parse().unwrap();
+    let bridge = VpcdReader::spawn(
+        Mode::Connect(addr),
+        Timing::default(),
+        Some(Guest::boxed(&sim)),
+    )
+    .unwrap();
+    let guest = OpenSc::new(&pcscd, &tmp.path().join("guest"), 1);
+    guest.wait_for_token(Some(&qemu));
+    assert_eq!(guest.certificate("0001").0, cert);
+    guest.sign_and_verify("0001", "SHA256-RSA-PKCS", &[]);
+
+    // Out of the physical reader: out of the guest's.
+    physical.stop();
+    assert!(
+        sim.wait_for(Duration::from_secs(15), |h, _, _| !h.card_present()),
+        "the card stayed in the guest's reader:\n{}",
+        qemu.log()
+    );
+    bridge.remove();
+    let insertions = sim.with_host(|h| h.insertions());
+
+    // Back in: a fresh card in the guest's reader, same certificate.
+    let _physical = Virtcard::spawn(
+        &physical_args,
+        &[("NO_COLOR", no_color.as_path())],
+        tmp.path().join("physical2.log"),
+    );
+    assert!(
+        sim.wait_for(Duration::from_secs(20), |h, _, _| h.card_present()
+            && h.insertions() > insertions),
+        "the re-inserted card did not reach QEMU:\n{}",
+        qemu.log()
+    );
+    bridge.insert(Guest::boxed(&sim));
+    guest.wait_for_token(Some(&qemu));
+    assert_eq!(guest.certificate("0001").0, cert);
+    assert!(qemu.alive());
+    let log = qemu.log();
+    assert!(log.contains("physical card removed"), "{log}");
+    assert!(
+        !log.contains(&hex::encode_upper(CARD_PIN)),
+        "the PIN reached the log"
+    );
+    bridge.shutdown();
+    qemu.stop();
+}
