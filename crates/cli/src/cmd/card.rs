@@ -5,6 +5,8 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use virtcard_cards::iso7816::{Iso7816Card, SAMPLE_DESCRIPTION};
 
+// Parsed once per run; boxing the larger arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 pub enum CardCmd {
     /// Create a new card directory.
@@ -19,6 +21,7 @@ pub enum CardCmd {
     Sample,
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 pub enum NewCmd {
     /// A generic ISO 7816-4 file-system card from a description file.
