@@ -11,8 +11,7 @@
 # Only the stable toolchain is needed: the targets are built with the same
 # SanitizerCoverage instrumentation cargo-fuzz uses, minus AddressSanitizer
 # (which needs -Zsanitizer; every crate fuzzed here forbids unsafe code).
-# With cargo-fuzz installed, `RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET` in the
-# repository root runs the same targets with AddressSanitizer as well.
+# The crate keeps cargo-fuzz's layout; see docs/FUZZING.md for cargo-fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
