@@ -77,8 +77,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
+    } else {
+        remove_stale_temps(dir, name);
     }
     result.map_err(err)
+}
+
+/// Removes temporary files an earlier process left when it died between
+/// creating and renaming them; they hold nothing the state file lacks.
+fn remove_stale_temps(dir: &Path, name: &std::ffi::OsStr) {
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp");
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().as_encoded_bytes().starts_with(prefix) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Reads a whole file; `Ok(None)` when it does not exist.
@@ -114,6 +133,10 @@ mod tests {
             "no temp file left"
         );
         assert_eq!(read_optional(&d.path().join("none")).unwrap(), None);
+        // A temp file a killed process left behind goes with the next save.
+        fs::write(d.path().join(".state.json.tmp4242"), b"half").unwrap();
+        write_atomic(&p, b"three").unwrap();
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -8,9 +8,15 @@ use virtcard_runtime::{Card, Link, Status};
 /// before the response that caused it is returned. If the write fails, the
 /// response is replaced by `65 81` (memory failure) and the old file stays
 /// intact; the error is logged with the file name.
+///
+/// Until the state is saved, every further command is refused with `65 81`
+/// without reaching the card: otherwise someone able to fill the disk could
+/// guess PINs whose failed tries are never recorded, and learn the outcome
+/// from what the card does next.
 pub struct Persisted<C: Card> {
     inner: C,
     path: PathBuf,
+    unsaved: Option<Vec<u8>>,
 }
 
 impl<C: Card> Persisted<C> {
@@ -18,6 +24,7 @@ impl<C: Card> Persisted<C> {
         Persisted {
             inner,
             path: path.to_path_buf(),
+            unsaved: None,
         }
     }
 
@@ -33,16 +40,23 @@ impl<C: Card> Persisted<C> {
         &self.path
     }
 
+    /// Writes the newest state, if any is waiting; false while it cannot.
     fn save(&mut self) -> bool {
-        match self.inner.take_state_change() {
-            None => true,
-            Some(bytes) => match write_atomic(&self.path, &bytes) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "card state not saved; answering 6581 (the previous state file is intact)");
-                    false
-                }
-            },
+        if let Some(newer) = self.inner.take_state_change() {
+            self.unsaved = Some(newer);
+        }
+        let Some(bytes) = self.unsaved.as_deref() else {
+            return true;
+        };
+        match write_atomic(&self.path, bytes) {
+            Ok(()) => {
+                self.unsaved = None;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "card state not saved; refusing commands with 6581 until it is (the previous state file is intact)");
+                false
+            }
         }
     }
 }
@@ -67,6 +81,11 @@ impl<C: Card> Card for Persisted<C> {
         self.inner.is_powered()
     }
     fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
+        if self.unsaved.is_some() && !self.save() {
+            response.clear();
+            response.extend_from_slice(&Status::MemoryFailure.to_bytes());
+            return;
+        }
         self.inner.transmit(command, response);
         if !self.save() {
             response.clear();
@@ -82,5 +101,65 @@ impl<C: Card> Card for Persisted<C> {
     }
     fn kind(&self) -> &str {
         self.inner.kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts commands; every command changes state to the new count.
+    struct Counter {
+        n: u8,
+        changed: bool,
+    }
+
+    impl Card for Counter {
+        fn atr(&self) -> &[u8] {
+            &[0x3B, 0x00]
+        }
+        fn power_on(&mut self) {}
+        fn power_off(&mut self) {}
+        fn reset(&mut self) {}
+        fn is_powered(&self) -> bool {
+            true
+        }
+        fn transmit(&mut self, _: &[u8], response: &mut Vec<u8>) {
+            self.n += 1;
+            self.changed = true;
+            response.clear();
+            response.extend_from_slice(&[self.n, 0x90, 0x00]);
+        }
+        fn set_link(&mut self, _: Link) {}
+        fn take_state_change(&mut self) -> Option<Vec<u8>> {
+            std::mem::take(&mut self.changed).then(|| vec![self.n])
+        }
+        fn kind(&self) -> &str {
+            "counter"
+        }
+    }
+
+    #[test]
+    fn refuses_commands_until_the_state_is_saved() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("later");
+        let path = dir.join("state");
+        let mut c = Persisted::new(
+            Counter {
+                n: 0,
+                changed: false,
+            },
+            &path,
+        );
+        let mut r = Vec::new();
+        c.transmit(&[0, 0, 0, 0], &mut r);
+        assert_eq!(r, [0x65, 0x81], "save failed: the answer is withheld");
+        c.transmit(&[0, 0, 0, 0], &mut r);
+        assert_eq!(r, [0x65, 0x81]);
+        assert_eq!(c.inner().n, 1, "the card never saw the refused command");
+        std::fs::create_dir(&dir).unwrap();
+        c.transmit(&[0, 0, 0, 0], &mut r);
+        assert_eq!(r, [2, 0x90, 0x00]);
+        assert_eq!(std::fs::read(&path).unwrap(), [2]);
     }
 }
