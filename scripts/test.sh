@@ -12,7 +12,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo deny"
 if command -v cargo-deny >/dev/null; then
-  # Advisories need the RustSec database from GitHub, unreachable here.
+  # Advisories need the RustSec database fetched from GitHub; check them
+  # with `cargo deny check advisories` where it can be reached.
   cargo deny --log-level error check licenses bans sources
 else
   echo "cargo-deny is not installed; skipped (cargo install cargo-deny --locked)"
