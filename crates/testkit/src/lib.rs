@@ -368,10 +368,7 @@ impl PcscClient {
     pub fn connect_to(&mut self, atr: &[u8], timeout: Duration) -> Result<(), ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.card_present().unwrap_or(false)
-                && self.connect().is_ok()
-                && self.atr().ok().as_deref() == Some(atr)
-            {
+            if self.connect().is_ok() && self.atr().ok().as_deref() == Some(atr) {
                 return Ok(());
             }
             self.disconnect_reset();

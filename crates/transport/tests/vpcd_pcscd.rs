@@ -239,3 +239,33 @@ fn malformed_frame_resets_only_the_connection() {
     assert_eq!(&atr[2..], &ATR);
     drop(reader);
 }
+
+/// A card that vanishes while a client holds it makes pcscd's reset fail;
+/// pcscd then keeps the slot marked empty until it sees a poll without a
+/// card. The next card must still be found.
+#[test]
+fn next_card_is_found_after_one_vanished_under_a_client() {
+    let pcscd = virtcard_testkit::shared().expect("pcscd");
+    wait_empty(0);
+    let reader = VpcdReader::spawn(
+        Mode::Connect(([127, 0, 0, 1], pcscd.port(0)).into()),
+        fast(),
+        Some(probe(&ATR)),
+    )
+    .unwrap();
+    let mut c = connect(&pcscd, 0, &ATR);
+    assert_eq!(c.transmit_hex("00140000").unwrap(), "000000019000");
+    drop(reader);
+    // The client disconnects with a reset the vanished card cannot do.
+    drop(c);
+    let reader = VpcdReader::spawn(
+        Mode::Connect(([127, 0, 0, 1], pcscd.port(0)).into()),
+        fast(),
+        Some(probe(&OTHER_ATR)),
+    )
+    .unwrap();
+    let mut c = connect(&pcscd, 0, &OTHER_ATR);
+    assert_eq!(c.transmit_hex("00140000").unwrap(), "000000019000");
+    drop(c);
+    drop(reader);
+}

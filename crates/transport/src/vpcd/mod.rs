@@ -212,6 +212,8 @@ enum End {
     CardChanged,
     /// vpcd closed or broke the connection, or sent nonsense.
     Lost,
+    /// The slot was shown empty once, on purpose; reconnect at once.
+    ShownEmpty,
 }
 
 struct Worker {
@@ -265,6 +267,7 @@ impl Worker {
     fn run(self) {
         let mut backoff = self.timing.backoff_start;
         let mut failures = 0u32;
+        let mut show_empty_first = true;
         'outer: while let Some(generation) = self.wait_for_card() {
             self.set_connection(Connection::Connecting);
             let stream = match self.open(generation) {
@@ -301,12 +304,20 @@ impl Worker {
             backoff = self.timing.backoff_start;
             self.set_connection(Connection::Connected);
             tracing::info!(mode = ?self.mode, "connected to vpcd");
-            let end = self.serve(&stream, generation);
+            // pcscd (1.9) can keep a slot marked empty for good after a card
+            // vanished while a client held it (its reset fails), until it sees
+            // one poll without a card. So each new card first shows the slot
+            // empty for one poll, whatever the previous card did. Reversed
+            // mode is spared: an empty ATR there can stall Debian's vpcd.
+            let show_empty = show_empty_first && matches!(self.mode, Mode::Connect(_));
+            let end = self.serve(&stream, generation, show_empty);
+            show_empty_first = !matches!(end, End::ShownEmpty);
             let _ = stream.shutdown(std::net::Shutdown::Both);
             self.set_connection(Connection::Connecting);
             match end {
                 End::Stop => break 'outer,
                 End::CardChanged => {
+                    show_empty_first = true;
                     tracing::info!("card changed in the vpcd slot; reconnecting so pcscd sees it");
                     // Stay away long enough for pcscd to see an empty slot.
                     let g = self.shared.lock().generation;
@@ -314,7 +325,9 @@ impl Worker {
                         break;
                     }
                 }
+                End::ShownEmpty => {}
                 End::Lost => {
+                    show_empty_first = true;
                     if !self.pause(backoff, generation) {
                         break;
                     }
@@ -358,7 +371,7 @@ impl Worker {
         }
     }
 
-    fn serve(&self, stream: &TcpStream, generation: u64) -> End {
+    fn serve(&self, stream: &TcpStream, generation: u64, mut show_empty: bool) -> End {
         if let Err(e) = stream
             .set_nodelay(true)
             .and_then(|_| stream.set_read_timeout(Some(POLL)))
@@ -426,6 +439,16 @@ impl Worker {
                 if s.generation != generation {
                     return End::CardChanged;
                 }
+                tracing::trace!(len = payload.len(), first = ?payload.first(), "frame from vpcd");
+                if show_empty && payload == [0x04] {
+                    drop(s);
+                    // An empty ATR: vpcd reports "no card" and closes the socket.
+                    let _ = writer.write_all(&[0x00, 0x00]);
+                    tracing::debug!("slot shown empty for one poll before the card is inserted");
+                    return End::ShownEmpty;
+                }
+                // Only a connection's first poll may be answered empty.
+                show_empty = false;
                 let card = s.card.as_mut().map(|c| c.as_mut() as &mut dyn Card);
                 if let Err(e) = session.handle(card, payload, &mut out) {
                     tracing::warn!(error = %e, "malformed frame from vpcd; resetting the connection (card state untouched)");
