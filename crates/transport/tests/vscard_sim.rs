@@ -6,6 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use virtcard_runtime::{Card, Link};
 use virtcard_transport::vscard::frame::MsgType;
 use virtcard_transport::vscard::sim::{GuestAnswer, QemuSim, SimOptions};
 use virtcard_transport::vscard::{spawn, ClientConfig, ClientHandle, Endpoint};
@@ -178,6 +179,92 @@ fn remove_and_insert_from_the_handle() {
     assert!(sim.wait_card(T));
     assert!(client.wait_for(T, |s| s.card_inserted && s.insertions == 2));
     sim.with_host(|h| assert_eq!(h.insertions(), 2));
+    assert_eq!(guest_exchange(&sim, &hex("00FE0000")).1, [0x6D, 0x00]);
+    client.shutdown();
+}
+
+/// The test card under another ATR, so that the guest can tell which card
+/// it talks to.
+struct OtherAtr(Box<dyn Card>);
+
+const OTHER_ATR: [u8; 4] = [0x3B, 0x02, 0x14, 0x50];
+
+impl Card for OtherAtr {
+    fn atr(&self) -> &[u8] {
+        &OTHER_ATR
+    }
+    fn power_on(&mut self) {
+        self.0.power_on()
+    }
+    fn power_off(&mut self) {
+        self.0.power_off()
+    }
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+    fn is_powered(&self) -> bool {
+        self.0.is_powered()
+    }
+    fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
+        self.0.transmit(command, response)
+    }
+    fn set_link(&mut self, link: Link) {
+        self.0.set_link(link)
+    }
+    fn take_state_change(&mut self) -> Option<Vec<u8>> {
+        self.0.take_state_change()
+    }
+    fn kind(&self) -> &str {
+        "other"
+    }
+}
+
+type Saved = Arc<Mutex<Vec<Vec<u8>>>>;
+
+fn recorder(saved: &Saved) -> Box<dyn virtcard_transport::vscard::Persister> {
+    let saved = Arc::clone(saved);
+    Box::new(move |state: &[u8]| -> io::Result<()> {
+        saved.lock().unwrap().push(state.to_vec());
+        Ok(())
+    })
+}
+
+#[test]
+fn swap_gives_the_guest_a_fresh_card_on_the_same_connection() {
+    let sim = QemuSim::start_tcp(SimOptions::default()).unwrap();
+    let (first, second): (Saved, Saved) = Default::default();
+    let client = spawn(tcp(&sim), test_card(), Some(recorder(&first))).unwrap();
+    assert!(sim.wait_card(T));
+    assert!(client.wait_for(T, |s| s.card_inserted));
+    assert_eq!(
+        guest_exchange(&sim, &hex("00A4040009F07669727463617264")).1,
+        [0x90, 0x00]
+    );
+
+    client.swap(Box::new(OtherAtr(test_card())), Some(recorder(&second)));
+    assert!(sim.wait_for(T, |h, _, _| h.card_present()
+        && h.atr() == Some(&OTHER_ATR[..])));
+    assert!(client.wait_for(T, |s| s.card_inserted && s.insertions == 2));
+    sim.with_host(|h| {
+        let tail: Vec<MsgType> = h.received().iter().rev().take(2).map(|r| r.0).collect();
+        assert_eq!(tail, [MsgType::Atr, MsgType::CardRemove]);
+        assert_eq!(h.insertions(), 2);
+    });
+    assert_eq!(client.status().connections, 1);
+    // The new card's state goes to the new persister only.
+    assert_eq!(
+        guest_exchange(&sim, &hex("00DA010203AABBCC")).1,
+        [0x90, 0x00]
+    );
+    assert_eq!(*second.lock().unwrap(), [hex("AABBCC")]);
+    assert!(first.lock().unwrap().is_empty());
+
+    // A card swapped in while out of the reader goes in.
+    client.remove();
+    assert!(client.wait_for(T, |s| !s.card_inserted && !s.card_wanted));
+    client.swap(test_card(), None);
+    assert!(sim.wait_for(T, |h, _, _| h.card_present() && h.atr() == Some(&ATR[..])));
+    assert!(client.wait_for(T, |s| s.card_inserted && s.card_wanted));
     assert_eq!(guest_exchange(&sim, &hex("00FE0000")).1, [0x6D, 0x00]);
     client.shutdown();
 }
