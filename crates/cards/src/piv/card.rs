@@ -8,7 +8,7 @@ use openssl::memcmp;
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 use virtcard_codec::{ber, Command, Status};
-use virtcard_keystore::{KeyAlgorithm, KeyStore, PrivateKey, PublicKey};
+use virtcard_keystore::{KeyAlgorithm, KeyError, KeyStore, PrivateKey, PublicKey};
 use virtcard_runtime::{CardProfile, CardType, Outcome, Reply};
 use zeroize::Zeroizing;
 
@@ -625,7 +625,7 @@ impl PivCard {
         let slot = cmd.p2;
         let key = self.keys.generate(&slot_id(slot), algorithm).map_err(|e| {
             warn!(slot = format_args!("{slot:02X}"), error = %e, "key generation failed");
-            Status::MemoryFailure
+            store_status(&e)
         })?;
         let public = key.public_key().map_err(|_| Status::Unknown)?;
         self.state.set_key_meta(
@@ -656,7 +656,7 @@ impl PivCard {
         let (pin, touch) = Self::parse_policies(&items)?;
         self.keys.import(&slot_id(slot), &key).map_err(|e| {
             warn!(slot = format_args!("{slot:02X}"), error = %e, "key import failed");
-            Status::MemoryFailure
+            store_status(&e)
         })?;
         self.state.set_key_meta(
             slot,
@@ -753,9 +753,16 @@ impl PivCard {
         fresh.set_key_meta(KEY_ATTEST, self.state.key_meta(KEY_ATTEST));
         for id in self.keys.ids() {
             if id != slot_id(KEY_ATTEST) {
-                if let Err(e) = self.keys.delete(&id) {
-                    warn!(error = %e, "could not delete a key during reset");
-                    return Err(Status::MemoryFailure);
+                match self.keys.delete(&id) {
+                    Ok(()) => {}
+                    // A key on a PKCS#11 token is not the card's to destroy.
+                    Err(e @ KeyError::Unsupported(_)) => {
+                        warn!(error = %e, "key left in place during reset");
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not delete a key during reset");
+                        return Err(Status::MemoryFailure);
+                    }
                 }
             }
         }
@@ -843,7 +850,7 @@ impl PivCard {
         };
         result.map_err(|e| {
             warn!(error = %e, "moving a key failed");
-            Status::MemoryFailure
+            store_status(&e)
         })?;
         self.state.set_key_meta(from, None);
         if to != 0xFF {
@@ -858,6 +865,15 @@ enum Op<'a> {
     Rsa(&'a [u8]),
     Ecdsa(&'a [u8]),
     Ecdh(&'a [u8]),
+}
+
+/// The status for a key store refusal: a slot whose key the store will not
+/// change (a PKCS#11 token's) is a condition, anything else a storage failure.
+fn store_status(e: &KeyError) -> Status {
+    match e {
+        KeyError::Unsupported(_) => Status::ConditionsNotSatisfied,
+        _ => Status::MemoryFailure,
+    }
 }
 
 /// Metadata for a key found in the store without any (for example after a

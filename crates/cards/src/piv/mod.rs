@@ -6,7 +6,9 @@
 //! - `state.json`: PIN and PUK with their counters, the management key, data
 //!   objects and key policies, as [`virtcard_runtime::CardType::save`] produces
 //!   it (the edge replaces it atomically whenever the card reports a change);
-//! - `keys/`: the private keys, one `<slot>.key.pem` per slot (`9a`, `9c`, …).
+//! - `keys/`: the private keys, one `<slot>.key.pem` per slot (`9a`, `9c`, …),
+//!   except those of slots that a `[pkcs11]` section in `card.toml` puts in a
+//!   PKCS#11 token (see [`PivTokenSection`]).
 //!
 //! [`provision`] creates such a directory and [`open`] loads it.
 
@@ -17,16 +19,19 @@ mod provision;
 mod state;
 #[cfg(test)]
 mod tests;
+mod token;
 
 pub use card::PivCard;
 pub use provision::{provision, ProvisionOptions, SlotContents};
 pub use state::CardConfig;
+pub use token::PivTokenSection;
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use virtcard_codec::atr::Protocols;
 use virtcard_codec::AtrBuilder;
-use virtcard_keystore::{KeyError, SoftwareKeyStore};
+use virtcard_keystore::pkcs11::Pkcs11KeyStore;
+use virtcard_keystore::{KeyError, KeyStore, SoftwareKeyStore};
 use virtcard_runtime::Runtime;
 
 /// The settings file of a card directory.
@@ -128,6 +133,9 @@ fn read_config(dir: &Path) -> Result<(CardConfig, [u8; 3], Vec<u8>), PivError> {
     if config.pin_retries == 0 || config.puk_retries == 0 {
         return Err(bad("pin_retries and puk_retries must be at least 1".into()));
     }
+    if let Some(p) = &config.pkcs11 {
+        p.slot_map(dir).map_err(bad)?;
+    }
     Ok((config, version, atr))
 }
 
@@ -149,15 +157,41 @@ pub fn open(dir: &Path) -> Result<Runtime<PivCard>, PivError> {
         }
     };
     let mut state = state::PersistentState::from_json(&state_path, &bytes)?;
-    let keys = SoftwareKeyStore::open(&dir.join(KEYS_DIR))?;
+    let keys = open_keys(dir, &config, &mut state, &state_path)?;
     // Metadata of a key that is gone (deleted by hand) would only mislead.
-    let present = virtcard_keystore::KeyStore::ids(&keys);
+    let present = keys.ids();
     state.keys.retain(|slot, _| present.contains(slot));
     Ok(Runtime::new(PivCard::new(
-        config,
-        version,
-        atr,
-        state,
-        Box::new(keys),
+        config, version, atr, state, keys,
     )))
+}
+
+/// The card's key store: `keys/`, with the slots of a `[pkcs11]` section on
+/// the token. Empty certificate objects of token-backed slots are filled from
+/// the token and `state.json` is rewritten when that happens.
+fn open_keys(
+    dir: &Path,
+    config: &CardConfig,
+    state: &mut state::PersistentState,
+    state_path: &Path,
+) -> Result<Box<dyn KeyStore>, PivError> {
+    let software = SoftwareKeyStore::open(&dir.join(KEYS_DIR))?;
+    let Some(section) = &config.pkcs11 else {
+        return Ok(Box::new(software));
+    };
+    let config_path = dir.join(CONFIG_FILE);
+    let bad = |reason: String| PivError::Config {
+        path: config_path.clone(),
+        reason,
+    };
+    let map = section.slot_map(dir).map_err(bad)?;
+    let p11 = section
+        .token
+        .to_config(dir)
+        .map_err(|m| bad(format!("[pkcs11]: {m}")))?;
+    let store = token::SlotKeyStore::new(Box::new(software), Pkcs11KeyStore::open(&p11)?, map);
+    if store.check_and_fill(state, &config_path)? {
+        virtcard_store::write_atomic(state_path, &state.to_json())?;
+    }
+    Ok(Box::new(store))
 }

@@ -337,6 +337,7 @@ pub fn provision(dir: &Path, opts: &ProvisionOptions) -> Result<Runtime<PivCard>
         pin_retries: opts.pin_retries,
         puk_retries: opts.puk_retries,
         atr: opts.atr.clone(),
+        pkcs11: None,
     };
     virtcard_store::write_atomic(&dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
     // Check the written settings the way `open` will read them before

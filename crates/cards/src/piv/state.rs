@@ -250,6 +250,9 @@ pub struct CardConfig {
     /// for yubico-piv-tool).
     #[serde(default)]
     pub atr: Option<String>,
+    /// Slots whose keys live in a PKCS#11 token (`[pkcs11]` with `[pkcs11.keys]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<super::token::PivTokenSection>,
 }
 
 fn default_pin_retries() -> u8 {
@@ -294,6 +297,10 @@ impl CardConfig {
         s.push_str(&format!("puk_retries = {}\n", self.puk_retries));
         if let Some(atr) = &self.atr {
             s.push_str(&format!("\n# Answer to reset (hex).\natr = \"{atr}\"\n"));
+        }
+        if let Some(p) = &self.pkcs11 {
+            s.push_str("\n# Keys of these slots live in a PKCS#11 token.\n");
+            s.push_str(&p.to_toml());
         }
         s
     }
