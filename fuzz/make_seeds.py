@@ -193,6 +193,62 @@ def main():
     write("simpletlv", "ccc", h("F0 15 A0 00 00 01 16 FF 02 00 01 02 03 04 05 06 07 08 09 0A 0B 0C 0D 0E 0F F1 01 21"))
     write("simpletlv", "long", h("70 FF 0401") + b"\x30" * 0x104 + h("71 01 00"))
 
+    # The daemon's configuration, control requests and relay rules, from the
+    # sample configuration and the forms docs/CONTROL.md and docs/KEYSTORES.md
+    # show.
+    config = (ROOT / "packaging/virtcard.sample.toml").read_text()
+    write("daemon_config", "sample.toml", config.encode())
+    write("daemon_config", "readers.toml", b"""state_dir = "/tmp/vc"
+[[reader]]
+name = "vm1"
+qemu = { tcp = "127.0.0.1:5901" }
+card = { builtin = "sample" }
+inserted = true
+[[reader]]
+name = "slot1"
+vpcd = { slot = 1 }
+card = { dir = "cards/alice" }
+""")
+    for i, line in enumerate(CONTROL_REQUESTS):
+        write("control_request", f"req-{i:02}", line.encode())
+    write("relay_rules", "doc", RELAY_RULES.encode() + b"\0" + h("80FE000000") + b"\0" + h("6D00"))
+    write("relay_rules", "pin", RELAY_PIN_RULES.encode() + b"\0" + h("0020008000") + b"\0" + h("63C3"))
+
+
+CONTROL_REQUESTS = [
+    '{"op":"list"}',
+    '{"op":"insert","reader":"desk"}',
+    '{"op":"insert","reader":"desk","card":{"dir":"/srv/cards/alice"}}',
+    '{"op":"remove","reader":"desk"}',
+    '{"op":"swap","reader":"desk","card":{"description":"/srv/cards/iso.toml","state":"/srv/state/iso.json"}}',
+    '{"op":"swap","reader":"desk","card":{"builtin":"sample"}}',
+    '{"op":"add-reader","reader":{"name":"vm7","qemu":{"tcp":"127.0.0.1:5907"},"card":{"builtin":"sample"},"inserted":true}}',
+    '{"op":"add-reader","reader":{"name":"slot1","vpcd":{"slot":1}}}',
+    '{"op":"remove-reader","reader":"vm2"}',
+    '{"op":"events"}',
+]
+
+RELAY_RULES = """[[rule]]
+name = "answer an unknown instruction"
+on = "response"
+command = "^80FE0000"
+find = "^6D00$"
+replace = "CAFE9000"
+times = 1
+"""
+
+RELAY_PIN_RULES = """[[rule]]
+on = "response"
+command = "^0020"
+find = "^63C(.)$"
+replace = "63C$1"
+
+[[rule]]
+on = "command"
+find = "^(0020)00(80)"
+replace = "${1}01${2}"
+"""
+
 
 if __name__ == "__main__":
     main()

@@ -159,8 +159,26 @@ pub fn open(dir: &Path) -> Result<Runtime<PivCard>, PivError> {
     let mut state = state::PersistentState::from_json(&state_path, &bytes)?;
     let keys = open_keys(dir, &config, &mut state, &state_path)?;
     // Metadata of a key that is gone (deleted by hand) would only mislead.
-    let present = keys.ids();
-    state.keys.retain(|slot, _| present.contains(slot));
+    // So would metadata of another algorithm than the key file's: a crash
+    // between writing a key file (GENERATE, import, MOVE KEY) and saving
+    // state.json leaves the new key with the old slot's entry, or with none.
+    // Either way the card then describes the key by what the file holds,
+    // with the slot's default policies, the same as for a key without entry.
+    state.keys.retain(|slot, meta| {
+        let key_alg = match keys.key(slot) {
+            Ok(Some(key)) => consts::piv_algorithm(key.algorithm()),
+            _ => return false,
+        };
+        let consistent = key_alg == Some(meta.algorithm);
+        if !consistent {
+            tracing::warn!(
+                slot = slot.as_str(),
+                "{STATE_FILE} describes another key than keys/{slot}.key.pem holds \
+                 (interrupted key generation?); using the key file's algorithm and default policies"
+            );
+        }
+        consistent
+    });
     Ok(Runtime::new(PivCard::new(
         config, version, atr, state, keys,
     )))

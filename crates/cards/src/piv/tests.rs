@@ -820,3 +820,47 @@ mod props {
         }
     }
 }
+
+/// A crash after GENERATE wrote the key file but before state.json was saved
+/// leaves the new key next to the old slot's metadata (or none). Opening
+/// the card must describe the key the file holds.
+#[test]
+fn key_file_newer_than_state_is_described_by_the_file() {
+    let mut t = T::new(Link::VPCD);
+    t.default_auth();
+    let (_, sw) = t.generate(0x9A, ALG_RSA1024, &[0xAA, 0x01, PIN_ALWAYS]);
+    assert_eq!(sw, 0x9000);
+    // What the interrupted card process did: write the new keys, nothing else.
+    let mut keys = SoftwareKeyStore::open(&t.dir.path().join(KEYS_DIR)).expect("keys");
+    let ec = virtcard_keystore::KeyStore::generate(&mut keys, "9a", KeyAlgorithm::Ec(Curve::P256))
+        .expect("ec key");
+    let ec_public = ec.public_key().expect("public");
+    virtcard_keystore::KeyStore::generate(&mut keys, "9d", KeyAlgorithm::Ec(Curve::P256))
+        .expect("key without entry");
+    t.reopen();
+    assert_eq!(t.rt.card().public_key(0x9A), Some(ec_public.clone()));
+    for slot in ["00 F7 00 9A 00", "00 F7 00 9D 00"] {
+        let (md, sw) = t.txh(slot);
+        assert_eq!(sw, 0x9000, "{slot}");
+        assert_eq!(ber::find(&md, 0x01), Some(&[ALG_ECCP256][..]), "{slot}");
+    }
+    let (md, _) = t.txh("00 F7 00 9A 00");
+    assert_eq!(
+        ber::find(&md, 0x02),
+        Some(&[PIN_ONCE, TOUCH_NEVER][..]),
+        "the slot's default policies"
+    );
+    // The key signs as what it is.
+    assert_eq!(t.verify_pin(b"123456"), 0x9000);
+    let digest = [0x5Au8; 32];
+    let (sig, sw) = t.sign(ALG_ECCP256, 0x9A, &digest);
+    assert_eq!(sw, 0x9000);
+    let pkey = public_pkey(&ec_public);
+    let ec_key = pkey.ec_key().expect("ec");
+    let sig = openssl::ecdsa::EcdsaSig::from_der(&sig).expect("der signature");
+    assert!(sig.verify(&digest, &ec_key).expect("verify"));
+    // Saving writes the consistent description back.
+    let saved = virtcard_runtime::CardType::save(t.rt.card());
+    let state = state::PersistentState::from_json(Path::new("state.json"), &saved).expect("state");
+    assert_eq!(state.key_meta(0x9A), None);
+}
