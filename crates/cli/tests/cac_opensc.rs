@@ -5,44 +5,15 @@
 //! `pcscd`, `vsmartcard-vpcd`, `opensc` and `openssl` packages; without them
 //! the tests report why and pass without running.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod p11;
+
+use p11::{missing, OpenSc, CARD_PIN as PIN, OPENSC as MODULE};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use virtcard_cards::cac::{self, ProvisionOptions};
 use virtcard_store::Persisted;
 use virtcard_testkit::Pcscd;
 use virtcard_transport::vpcd::{Mode, Timing, VpcdReader};
-
-const MODULE: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
-const PIN: &str = "12345678";
-
-fn missing_prerequisite() -> Option<String> {
-    for tool in ["pkcs11-tool", "pkcs15-tool", "openssl", "pcscd", "unshare"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if !Path::new(MODULE).exists() {
-        return Some(format!("{MODULE} is missing (opensc-pkcs11)"));
-    }
-    if !Path::new(virtcard_testkit::VPCD_DRIVER).exists() {
-        return Some("the vpcd driver is missing (vsmartcard-vpcd)".into());
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    if !root {
-        return Some("not root: the private pcscd needs a mount namespace".into());
-    }
-    None
-}
 
 /// A card directory served in slot 0 of a private pcscd.
 struct Served {
@@ -79,15 +50,7 @@ impl Served {
 
     /// Runs a tool with this pcscd and OpenSC caching off; returns success and all output.
     fn run(&self, program: &str, args: &[&str]) -> (bool, String) {
-        let out = self
-            .pcscd
-            .command(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        self.opensc().tool(program, args)
     }
 
     fn p11(&self, args: &[&str]) -> (bool, String) {
@@ -122,103 +85,22 @@ impl Served {
         }
     }
 
-    fn openssl(&self, args: &[&str]) -> String {
-        let (ok, out) = self.run("openssl", args);
-        assert!(ok, "openssl {args:?} failed:\n{out}");
-        out
+    /// OpenSC and openssl checks on this card (slot 0).
+    fn opensc(&self) -> OpenSc<'_> {
+        OpenSc::new(&self.pcscd, self.pcscd.dir(), 0)
     }
 
     /// Reads certificate `id` from the card and extracts its public key.
     fn public_key(&self, id: &str) -> PathBuf {
-        let der = self.path(&format!("cert{id}.der"));
-        let pem = self.path(&format!("pub{id}.pem"));
-        self.p11_ok(&[
-            "--read-object",
-            "--type",
-            "cert",
-            "--id",
-            id,
-            "-o",
-            der.to_str().unwrap(),
-        ]);
-        self.openssl(&[
-            "x509",
-            "-inform",
-            "DER",
-            "-in",
-            der.to_str().unwrap(),
-            "-pubkey",
-            "-noout",
-            "-out",
-            pem.to_str().unwrap(),
-        ]);
-        pem
+        self.opensc().certificate(id).1
     }
 
     fn sign_and_verify(&self, id: &str, mechanism: &str, verify_opts: &[&str]) {
-        let data = self.path("data.txt");
-        std::fs::write(&data, b"virtcard CAC signature test\n").unwrap();
-        let sig = self.path(&format!("sig-{id}-{mechanism}.bin"));
-        self.p11_ok(&[
-            "--login",
-            "--pin",
-            PIN,
-            "--sign",
-            "--id",
-            id,
-            "-m",
-            mechanism,
-            "-i",
-            data.to_str().unwrap(),
-            "-o",
-            sig.to_str().unwrap(),
-        ]);
-        let pubkey = self.public_key(id);
-        let mut args = vec!["dgst", "-sha256"];
-        args.extend_from_slice(verify_opts);
-        args.extend_from_slice(&[
-            "-verify",
-            pubkey.to_str().unwrap(),
-            "-signature",
-            sig.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ]);
-        let out = self.openssl(&args);
-        assert!(out.contains("Verified OK"), "{mechanism} with {id}: {out}");
+        self.opensc().sign_and_verify(id, mechanism, verify_opts);
     }
 
     fn decrypt(&self, id: &str) {
-        let msg = self.path("plain.txt");
-        std::fs::write(&msg, b"1234567890\n").unwrap();
-        let ct = self.path("cipher.bin");
-        let pt = self.path("decrypted.txt");
-        let pubkey = self.public_key(id);
-        self.openssl(&[
-            "pkeyutl",
-            "-encrypt",
-            "-pubin",
-            "-inkey",
-            pubkey.to_str().unwrap(),
-            "-in",
-            msg.to_str().unwrap(),
-            "-out",
-            ct.to_str().unwrap(),
-        ]);
-        self.p11_ok(&[
-            "--login",
-            "--pin",
-            PIN,
-            "--decrypt",
-            "--id",
-            id,
-            "-m",
-            "RSA-PKCS",
-            "-i",
-            ct.to_str().unwrap(),
-            "-o",
-            pt.to_str().unwrap(),
-        ]);
-        assert_eq!(std::fs::read(&pt).unwrap(), b"1234567890\n");
+        self.opensc().decrypt(id);
     }
 
     /// The retry counter as the card saved it in state.json.
@@ -246,7 +128,7 @@ fn options(bits: u32) -> ProvisionOptions {
 
 #[test]
 fn opensc_uses_the_cac_end_to_end() {
-    if let Some(why) = missing_prerequisite() {
+    if let Some(why) = missing(&[]) {
         eprintln!("skipped: {why}");
         return;
     }
@@ -322,7 +204,7 @@ fn opensc_uses_the_cac_end_to_end() {
 
 #[test]
 fn opensc_uses_rsa_3072_and_lists_rsa_4096() {
-    if let Some(why) = missing_prerequisite() {
+    if let Some(why) = missing(&[]) {
         eprintln!("skipped: {why}");
         return;
     }

@@ -12,39 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use virtcard_runtime::{Card, Link};
 use virtcard_testkit::Pcscd;
-use virtcard_transport::vpcd::{Mode, Timing, VpcdReader};
-use virtcard_transport::vscard::sim::{GuestAnswer, QemuSim, SimOptions};
-
-/// The guest's view of QEMU's emulated reader, as a card vpcd can serve.
-struct Guest {
-    sim: Arc<QemuSim>,
-    atr: Vec<u8>,
-}
-
-impl Card for Guest {
-    fn atr(&self) -> &[u8] {
-        &self.atr
-    }
-    fn power_on(&mut self) {}
-    fn power_off(&mut self) {}
-    fn reset(&mut self) {}
-    fn is_powered(&self) -> bool {
-        true
-    }
-    fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
-        response.clear();
-        match self.sim.guest_transmit(command, Duration::from_secs(10)) {
-            Some(GuestAnswer::Data(r)) if r.len() >= 2 => response.extend_from_slice(&r),
-            _ => response.extend_from_slice(&[0x6F, 0x00]),
-        }
-    }
-    fn set_link(&mut self, _link: Link) {}
-    fn kind(&self) -> &str {
-        "qemu-guest"
-    }
-}
+use virtcard_transport::vscard::sim::{QemuSim, SimOptions};
 
 fn certutil(args: &[&str]) {
     run_ok(Command::new("certutil").args(args));
@@ -135,45 +104,13 @@ fn qemu_doc_option_string_serves_an_nss_database() {
         vsc.log()
     );
     assert!(vsc.alive());
-    let atr = sim.with_host(|h| h.atr().map(<[u8]>::to_vec)).unwrap();
 
     let pcscd = Pcscd::start().unwrap();
-    let addr = format!("127.0.0.1:{}", pcscd.port(0)).parse().unwrap();
-    let guest = Guest {
-        sim: sim.clone(),
-        atr,
-    };
-    let reader = VpcdReader::spawn(
-        Mode::Connect(addr),
-        Timing::default(),
-        Some(Box::new(guest)),
-    )
-    .unwrap();
+    let reader = bridge_guest(&pcscd, 0, &sim);
     let o = OpenSc::new(&pcscd, &tmp.path().join("opensc"), 0);
     o.wait_for_token(Some(&vsc));
 
-    let objects = o.p11_ok(&["--login", "--pin", CARD_PIN, "-O"]);
-    assert_eq!(
-        objects.matches("Certificate Object").count(),
-        3,
-        "{objects}"
-    );
-    for cn in ["NSS.ONE", "NSS.TWO", "NSS.THREE"] {
-        assert!(objects.contains(cn), "{objects}");
-    }
-    o.sign_and_verify("0001", "SHA256-RSA-PKCS", &[]);
-    o.sign_and_verify(
-        "0002",
-        "SHA256-RSA-PKCS-PSS",
-        &[
-            "-sigopt",
-            "rsa_padding_mode:pss",
-            "-sigopt",
-            "rsa_pss_saltlen:auto",
-        ],
-    );
-    o.decrypt("0003");
-    o.decrypt("0001");
+    o.use_three_keys(&["NSS.ONE", "NSS.TWO", "NSS.THREE"]);
 
     let mut files = files_under(&tmp.path().join("opensc"));
     files.push(vsc.log.clone());

@@ -127,33 +127,12 @@ fn opensc_signs_and_decrypts_with_keys_in_softhsm() {
     let o = OpenSc::new(&pcscd, &work, 0);
     o.wait_for_token(Some(&vc));
 
-    let objects = o.p11_ok(&["--login", "--pin", CARD_PIN, "-O"]);
-    assert_eq!(
-        objects.matches("Certificate Object").count(),
-        3,
-        "{objects}"
-    );
+    let objects = o.use_three_keys(&["CAC.TOKEN.ID", "CAC.TOKEN.SIGN", "CAC.TOKEN.ENC"]);
     assert_eq!(
         objects.matches("Private Key Object").count(),
         3,
         "{objects}"
     );
-    for cn in ["CAC.TOKEN.ID", "CAC.TOKEN.SIGN", "CAC.TOKEN.ENC"] {
-        assert!(objects.contains(cn), "{objects}");
-    }
-    o.sign_and_verify("0001", "SHA256-RSA-PKCS", &[]);
-    o.sign_and_verify(
-        "0002",
-        "SHA256-RSA-PKCS-PSS",
-        &[
-            "-sigopt",
-            "rsa_padding_mode:pss",
-            "-sigopt",
-            "rsa_pss_saltlen:auto",
-        ],
-    );
-    o.decrypt("0003");
-    o.decrypt("0001");
     assert!(
         !vc.log().contains("refuses raw RSA"),
         "raw RSA should have been used:\n{}",

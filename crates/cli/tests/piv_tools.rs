@@ -7,7 +7,7 @@
 //! `pcscd`, `vsmartcard-vpcd`, `opensc`, `yubico-piv-tool` and `openssl`
 //! packages; without them the test reports why and passes without running.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use virtcard_cards::piv::{self, ProvisionOptions};
@@ -20,38 +20,20 @@ const SUBJECT: &str = "/CN=barCard/OU=test/O=example.com/";
 const NEW_KEY: &str = "0f0e0d0c0b0a09080706050403020100f0e0d0c0b0a09080";
 
 fn missing_prerequisite() -> Option<String> {
-    for tool in [
-        "yubico-piv-tool",
-        "pkcs11-tool",
-        "piv-tool",
-        "openssl",
-        "pcscd",
-        "unshare",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if !Path::new(MODULE).exists() {
-        return Some(format!("{MODULE} is missing (opensc-pkcs11)"));
-    }
-    if !Path::new(virtcard_testkit::VPCD_DRIVER).exists() {
-        return Some("the vpcd driver is missing (vsmartcard-vpcd)".into());
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    if !root {
-        return Some("not root: the private pcscd needs a mount namespace".into());
-    }
-    None
+    virtcard_testkit::missing_prerequisite(
+        &[
+            "yubico-piv-tool",
+            "pkcs11-tool",
+            "piv-tool",
+            "openssl",
+            "pcscd",
+            "unshare",
+        ],
+        &[
+            (MODULE, "opensc-pkcs11"),
+            (virtcard_testkit::VPCD_DRIVER, "vsmartcard-vpcd"),
+        ],
+    )
 }
 
 struct Served {

@@ -11,51 +11,8 @@ use p11::*;
 use std::sync::Arc;
 use std::time::Duration;
 use virtcard_cards::cac::{self, ProvisionOptions};
-use virtcard_runtime::{Card, Link};
 use virtcard_testkit::Pcscd;
-use virtcard_transport::vpcd::{Mode, Timing, VpcdReader};
-use virtcard_transport::vscard::sim::{GuestAnswer, QemuSim, SimOptions};
-
-/// The guest's view of QEMU's emulated reader, as a card vpcd can serve.
-struct Guest {
-    sim: Arc<QemuSim>,
-    atr: Vec<u8>,
-}
-
-impl Guest {
-    fn boxed(sim: &Arc<QemuSim>) -> Box<dyn Card> {
-        let atr = sim
-            .with_host(|h| h.atr().map(<[u8]>::to_vec))
-            .expect("a card is in QEMU's reader");
-        Box::new(Guest {
-            sim: sim.clone(),
-            atr,
-        })
-    }
-}
-
-impl Card for Guest {
-    fn atr(&self) -> &[u8] {
-        &self.atr
-    }
-    fn power_on(&mut self) {}
-    fn power_off(&mut self) {}
-    fn reset(&mut self) {}
-    fn is_powered(&self) -> bool {
-        true
-    }
-    fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
-        response.clear();
-        match self.sim.guest_transmit(command, Duration::from_secs(10)) {
-            Some(GuestAnswer::Data(r)) if r.len() >= 2 => response.extend_from_slice(&r),
-            _ => response.extend_from_slice(&[0x6F, 0x00]),
-        }
-    }
-    fn set_link(&mut self, _link: Link) {}
-    fn kind(&self) -> &str {
-        "qemu-guest"
-    }
-}
+use virtcard_transport::vscard::sim::{QemuSim, SimOptions};
 
 #[test]
 fn physical_card_follows_into_the_guest() {
@@ -130,13 +87,7 @@ fn physical_card_follows_into_the_guest() {
     let original = OpenSc::new(&pcscd, &tmp.path().join("orig"), 0);
     original.wait_for_token(Some(&physical));
     let (cert, _) = original.certificate("0001");
-    let addr = format!("127.0.0.1:{}", pcscd.port(1)).parse().unwrap();
-    let bridge = VpcdReader::spawn(
-        Mode::Connect(addr),
-        Timing::default(),
-        Some(Guest::boxed(&sim)),
-    )
-    .unwrap();
+    let bridge = bridge_guest(&pcscd, 1, &sim);
     let guest = OpenSc::new(&pcscd, &tmp.path().join("guest"), 1);
     guest.wait_for_token(Some(&qemu));
     assert_eq!(guest.certificate("0001").0, cert);

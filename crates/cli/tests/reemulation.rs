@@ -12,51 +12,8 @@ use p11::*;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use virtcard_runtime::{Card, Link};
 use virtcard_testkit::Pcscd;
-use virtcard_transport::vpcd::{Mode, Timing, VpcdReader};
-use virtcard_transport::vscard::sim::{GuestAnswer, QemuSim, SimOptions};
-
-/// The guest's view of QEMU's emulated reader, as a card vpcd can serve.
-struct Guest {
-    sim: Arc<QemuSim>,
-    atr: Vec<u8>,
-}
-
-impl Guest {
-    fn boxed(sim: &Arc<QemuSim>) -> Box<dyn Card> {
-        let atr = sim
-            .with_host(|h| h.atr().map(<[u8]>::to_vec))
-            .expect("a card is in QEMU's reader");
-        Box::new(Guest {
-            sim: sim.clone(),
-            atr,
-        })
-    }
-}
-
-impl Card for Guest {
-    fn atr(&self) -> &[u8] {
-        &self.atr
-    }
-    fn power_on(&mut self) {}
-    fn power_off(&mut self) {}
-    fn reset(&mut self) {}
-    fn is_powered(&self) -> bool {
-        true
-    }
-    fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
-        response.clear();
-        match self.sim.guest_transmit(command, Duration::from_secs(10)) {
-            Some(GuestAnswer::Data(r)) if r.len() >= 2 => response.extend_from_slice(&r),
-            _ => response.extend_from_slice(&[0x6F, 0x00]),
-        }
-    }
-    fn set_link(&mut self, _link: Link) {}
-    fn kind(&self) -> &str {
-        "qemu-guest"
-    }
-}
+use virtcard_transport::vscard::sim::{QemuSim, SimOptions};
 
 /// A token labelled `label` holding one key and its certificate (CN `cn`);
 /// returns the key's secret numbers for the leak check.
@@ -148,13 +105,7 @@ fn softhsm_token_comes_and_goes_as_a_cac_card() {
     assert!(vsc.alive());
 
     let pcscd = Pcscd::start().unwrap();
-    let addr = format!("127.0.0.1:{}", pcscd.port(0)).parse().unwrap();
-    let reader = VpcdReader::spawn(
-        Mode::Connect(addr),
-        Timing::default(),
-        Some(Guest::boxed(&sim)),
-    )
-    .unwrap();
+    let reader = bridge_guest(&pcscd, 0, &sim);
     let o = OpenSc::new(&pcscd, &tmp.path().join("opensc"), 0);
     o.wait_for_token(Some(&vsc));
     let objects = o.p11_ok(&["-O"]);

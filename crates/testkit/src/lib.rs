@@ -92,6 +92,33 @@ pub fn free_port_pair() -> io::Result<u16> {
     Err(io::Error::other("no two consecutive free ports"))
 }
 
+/// True when `tool` is found on `PATH`.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Why an end-to-end test through a private pcscd cannot run here, if it
+/// cannot: the first of `tools` not on `PATH`, the first of `files` (path,
+/// package) missing, or not running as root (the mount namespace needs it).
+pub fn missing_prerequisite(tools: &[&str], files: &[(&str, &str)]) -> Option<String> {
+    if let Some(tool) = tools.iter().find(|t| !have(t)) {
+        return Some(format!("{tool} is not installed"));
+    }
+    if let Some((f, pkg)) = files.iter().find(|(f, _)| !Path::new(f).exists()) {
+        return Some(format!("{f} is missing ({pkg})"));
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    (!root).then(|| "not root: the private pcscd needs a mount namespace".into())
+}
+
 /// True when something listens on `port` (any address), read from /proc.
 pub fn is_listening(port: u16) -> bool {
     let needle = format!(":{port:04X} ");

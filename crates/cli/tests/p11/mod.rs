@@ -1,12 +1,17 @@
-//! Shared pieces of the key-store and relay end-to-end tests: a SoftHSM
-//! token in a temporary directory, `virtcard` child processes with their
-//! logs, and OpenSC/OpenSSL checks through a private pcscd.
+//! Shared pieces of the OpenSC, key-store, relay and QEMU end-to-end tests:
+//! a SoftHSM token in a temporary directory, `virtcard` child processes with
+//! their logs, OpenSC/OpenSSL checks through a private pcscd, and the bridge
+//! from the QEMU simulator's guest side into a vpcd slot.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use virtcard_runtime::{Card, Link};
 use virtcard_testkit::Pcscd;
+use virtcard_transport::vpcd::{Mode, Timing, VpcdReader};
+use virtcard_transport::vscard::sim::{GuestAnswer, QemuSim};
 
 pub const OPENSC: &str = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so";
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -20,35 +25,20 @@ pub const TOKEN_PIN: &str = "987654";
 pub const NO_RAW_RSA: &str = "slots.mechanisms = CKM_RSA_PKCS,CKM_RSA_PKCS_KEY_PAIR_GEN,CKM_SHA_1,CKM_SHA256,CKM_SHA384,CKM_SHA512";
 
 pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    virtcard_testkit::have(tool)
 }
 
 /// Why these tests cannot run here, if they cannot.
 pub fn missing(extra_tools: &[&str]) -> Option<String> {
-    let base = ["pkcs11-tool", "pkcs15-tool", "openssl", "pcscd", "unshare"];
-    for tool in base.iter().chain(extra_tools) {
-        if !have(tool) {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    for (f, pkg) in [
-        (OPENSC, "opensc-pkcs11"),
-        (virtcard_testkit::VPCD_DRIVER, "vsmartcard-vpcd"),
-    ] {
-        if !Path::new(f).exists() {
-            return Some(format!("{f} is missing ({pkg})"));
-        }
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    (!root).then(|| "not root: the private pcscd needs a mount namespace".into())
+    let mut tools = vec!["pkcs11-tool", "pkcs15-tool", "openssl", "pcscd", "unshare"];
+    tools.extend_from_slice(extra_tools);
+    virtcard_testkit::missing_prerequisite(
+        &tools,
+        &[
+            (OPENSC, "opensc-pkcs11"),
+            (virtcard_testkit::VPCD_DRIVER, "vsmartcard-vpcd"),
+        ],
+    )
 }
 
 /// Runs a command; returns success and stdout+stderr.
@@ -263,6 +253,60 @@ impl Drop for Virtcard {
     }
 }
 
+/// The guest's view of QEMU's emulated reader, as a card vpcd can serve.
+pub struct Guest {
+    sim: Arc<QemuSim>,
+    atr: Vec<u8>,
+}
+
+impl Guest {
+    pub fn boxed(sim: &Arc<QemuSim>) -> Box<dyn Card> {
+        let atr = sim
+            .with_host(|h| h.atr().map(<[u8]>::to_vec))
+            .expect("a card is in QEMU's reader");
+        Box::new(Guest {
+            sim: sim.clone(),
+            atr,
+        })
+    }
+}
+
+impl Card for Guest {
+    fn atr(&self) -> &[u8] {
+        &self.atr
+    }
+    fn power_on(&mut self) {}
+    fn power_off(&mut self) {}
+    fn reset(&mut self) {}
+    fn is_powered(&self) -> bool {
+        true
+    }
+    fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
+        response.clear();
+        match self.sim.guest_transmit(command, Duration::from_secs(10)) {
+            Some(GuestAnswer::Data(r)) if r.len() >= 2 => response.extend_from_slice(&r),
+            _ => response.extend_from_slice(&[0x6F, 0x00]),
+        }
+    }
+    fn set_link(&mut self, _link: Link) {}
+    fn kind(&self) -> &str {
+        "qemu-guest"
+    }
+}
+
+/// Bridges the guest's view of QEMU's reader (a card must be in it) into
+/// vpcd slot `slot` of `pcscd`, so that OpenSC there plays the guest's
+/// middleware.
+pub fn bridge_guest(pcscd: &Pcscd, slot: u16, sim: &Arc<QemuSim>) -> VpcdReader {
+    let addr = format!("127.0.0.1:{}", pcscd.port(slot)).parse().unwrap();
+    VpcdReader::spawn(
+        Mode::Connect(addr),
+        Timing::default(),
+        Some(Guest::boxed(sim)),
+    )
+    .unwrap()
+}
+
 /// OpenSC tools against one reader of a private pcscd.
 pub struct OpenSc<'a> {
     pub pcscd: &'a Pcscd,
@@ -424,6 +468,35 @@ impl<'a> OpenSc<'a> {
             pt.to_str().unwrap(),
         ]);
         assert_eq!(std::fs::read(&pt).unwrap(), b"token-held decryption key\n");
+    }
+
+    /// Lists the card's objects (three certificates, one per name in
+    /// `names`), then signs with key 0001 (PKCS#1 v1.5) and 0002 (PSS) and
+    /// decrypts with 0003 and 0001. Returns the object listing.
+    pub fn use_three_keys(&self, names: &[&str]) -> String {
+        let objects = self.p11_ok(&["--login", "--pin", CARD_PIN, "-O"]);
+        assert_eq!(
+            objects.matches("Certificate Object").count(),
+            3,
+            "{objects}"
+        );
+        for name in names {
+            assert!(objects.contains(name), "{objects}");
+        }
+        self.sign_and_verify("0001", "SHA256-RSA-PKCS", &[]);
+        self.sign_and_verify(
+            "0002",
+            "SHA256-RSA-PKCS-PSS",
+            &[
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:auto",
+            ],
+        );
+        self.decrypt("0003");
+        self.decrypt("0001");
+        objects
     }
 }
 
