@@ -4,7 +4,6 @@
 use crate::card::{CardSource, OpenError};
 use crate::config::{check_name, Config, Presentation, Problem, ReaderSpec};
 use crate::events::{Bus, Event, Events};
-use crate::slot::Slot;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use virtcard_runtime::Card;
+use virtcard_runtime::CardSlot as Slot;
 use virtcard_transport::vpcd::{self, Timing, VpcdReader};
 use virtcard_transport::vscard::{self, ClientConfig, ClientHandle};
 

@@ -60,7 +60,6 @@ pub mod config;
 pub mod control;
 mod daemon;
 mod events;
-mod slot;
 
 pub use card::{state_home, CardSource, OpenError, OpenedCard};
 pub use config::{Config, ConfigError, Locations, Presentation, Problem, ReaderEntry, ReaderSpec};

@@ -15,10 +15,12 @@ pub mod card;
 pub mod card_type;
 pub mod fs;
 pub mod runtime;
+pub mod slot;
 pub mod trace;
 
 pub use card::{Card, Link, Protocol};
 pub use card_type::{CardProfile, CardType, Outcome, Reply, ShortLe};
 pub use runtime::Runtime;
+pub use slot::{CardSlot, SlotCard};
 pub use trace::Traced;
 pub use virtcard_codec::{Command, Status};

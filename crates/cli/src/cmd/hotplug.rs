@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use virtcard_keystore::pkcs11::{
     Module, PinSource, Pkcs11KeyStore, SlotDescription, TokenSelector,
 };
-use virtcard_runtime::{Card, Link, Runtime, Traced};
+use virtcard_runtime::{Card, CardSlot, Runtime, Traced};
 use virtcard_transport::vscard::{spawn, ClientConfig, ClientHandle};
 use zeroize::Zeroizing;
 
@@ -34,117 +34,6 @@ pub const TOKEN_POLL: Duration = Duration::from_millis(500);
 const RESCAN: Duration = Duration::from_secs(2);
 /// How soon a token that could not be re-emulated is tried again.
 const RETRY: Duration = Duration::from_secs(2);
-
-/// ATRs handed out by [`SlotCard::atr`]. `Card::atr` lends its answer for as
-/// long as the card lives, but the card behind a slot changes; so every
-/// distinct ATR is kept once for the process (a handful: one per kind of
-/// card ever inserted).
-static ATRS: Mutex<Vec<&'static [u8]>> = Mutex::new(Vec::new());
-
-fn intern_atr(atr: &[u8]) -> &'static [u8] {
-    let mut atrs = ATRS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(a) = atrs.iter().find(|a| **a == atr) {
-        return a;
-    }
-    let a: &'static [u8] = Box::leak(atr.to_vec().into_boxed_slice());
-    atrs.push(a);
-    a
-}
-
-struct Inner {
-    card: Option<Box<dyn Card>>,
-    atr: &'static [u8],
-    link: Option<Link>,
-}
-
-/// The shared place a [`SlotCard`] takes its card from.
-#[derive(Clone)]
-pub struct CardSlot(Arc<Mutex<Inner>>);
-
-impl Default for CardSlot {
-    fn default() -> Self {
-        CardSlot(Arc::new(Mutex::new(Inner {
-            card: None,
-            atr: &[],
-            link: None,
-        })))
-    }
-}
-
-impl CardSlot {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The card a VSCard client serves: whatever is in the slot.
-    pub fn card(&self) -> SlotCard {
-        SlotCard(self.clone())
-    }
-
-    /// Puts `card` in (replacing any card there).
-    pub fn put(&self, mut card: Box<dyn Card>) {
-        let mut inner = self.lock();
-        if let Some(link) = inner.link {
-            card.set_link(link);
-        }
-        inner.atr = intern_atr(card.atr());
-        inner.card = Some(card);
-    }
-
-    /// Takes the card out; it is dropped (a token's sessions close, a
-    /// physical card is disconnected).
-    pub fn clear(&self) {
-        let card = self.lock().card.take();
-        drop(card);
-    }
-}
-
-/// A [`Card`] that is whatever card its [`CardSlot`] holds; with none, every
-/// command fails with 6F00 (the host is told of the removal separately).
-pub struct SlotCard(CardSlot);
-
-impl Card for SlotCard {
-    fn atr(&self) -> &[u8] {
-        self.0.lock().atr
-    }
-    fn power_on(&mut self) {
-        if let Some(c) = self.0.lock().card.as_mut() {
-            c.power_on();
-        }
-    }
-    fn power_off(&mut self) {
-        if let Some(c) = self.0.lock().card.as_mut() {
-            c.power_off();
-        }
-    }
-    fn reset(&mut self) {
-        if let Some(c) = self.0.lock().card.as_mut() {
-            c.reset();
-        }
-    }
-    fn is_powered(&self) -> bool {
-        self.0.lock().card.as_ref().is_some_and(|c| c.is_powered())
-    }
-    fn transmit(&mut self, command: &[u8], response: &mut Vec<u8>) {
-        match self.0.lock().card.as_mut() {
-            Some(c) => c.transmit(command, response),
-            None => {
-                response.clear();
-                response.extend_from_slice(&[0x6F, 0x00]);
-            }
-        }
-    }
-    fn set_link(&mut self, link: Link) {
-        let mut inner = self.0.lock();
-        inner.link = Some(link);
-        if let Some(c) = inner.card.as_mut() {
-            c.set_link(link);
-        }
-    }
-    fn kind(&self) -> &str {
-        "hotplug"
-    }
-}
 
 /// A running follower thread; stops when dropped.
 pub struct Follower {
@@ -507,50 +396,5 @@ library= /usr/lib/opensc-pkcs11.so \nname=OpenSC\n";
                 PathBuf::from("/usr/lib/opensc-pkcs11.so")
             ]
         );
-    }
-
-    struct Fixed(Vec<u8>, u32);
-    impl Card for Fixed {
-        fn atr(&self) -> &[u8] {
-            &self.0
-        }
-        fn power_on(&mut self) {}
-        fn power_off(&mut self) {}
-        fn reset(&mut self) {}
-        fn is_powered(&self) -> bool {
-            true
-        }
-        fn transmit(&mut self, _c: &[u8], r: &mut Vec<u8>) {
-            self.1 += 1;
-            r.clear();
-            r.extend_from_slice(&[0x90, 0x00]);
-        }
-        fn set_link(&mut self, _l: Link) {}
-        fn kind(&self) -> &str {
-            "fixed"
-        }
-    }
-
-    #[test]
-    fn slot_card_follows_its_slot() {
-        let slot = CardSlot::default();
-        let mut card = slot.card();
-        let mut rsp = Vec::new();
-        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
-        assert_eq!(rsp, [0x6F, 0x00]);
-        slot.put(Box::new(Fixed(vec![0x3B, 0x01], 0)));
-        assert_eq!(card.atr(), [0x3B, 0x01]);
-        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
-        assert_eq!(rsp, [0x90, 0x00]);
-        slot.put(Box::new(Fixed(vec![0x3B, 0x02], 0)));
-        assert_eq!(card.atr(), [0x3B, 0x02]);
-        slot.clear();
-        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
-        assert_eq!(rsp, [0x6F, 0x00]);
-        // The same ATR is kept once.
-        assert!(std::ptr::eq(
-            intern_atr(&[0x3B, 0x01]),
-            intern_atr(&[0x3B, 0x01])
-        ));
     }
 }

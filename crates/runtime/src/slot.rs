@@ -1,13 +1,14 @@
 //! A card position whose card can be exchanged while a transport owns it.
 //!
-//! The VSCard client owns its `Box<dyn Card>` for its whole life; to swap
-//! cards without tearing the QEMU connection down (which the guest would see
-//! as the reader vanishing), the client is given a [`SlotCard`] that forwards
-//! to whichever card the daemon has put in the shared [`Slot`].
+//! A transport owns its `Box<dyn Card>` for its whole life; to swap cards
+//! without tearing the connection down (which a QEMU guest would see as the
+//! reader vanishing), the transport is given a [`SlotCard`] that forwards to
+//! whichever card has been put in the shared [`CardSlot`]: by the daemon, or
+//! by a follower of PKCS#11 tokens or physical readers.
 
+use crate::card::{Card, Link};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use virtcard_runtime::{Card, Link};
 
 /// `Card::atr` and `Card::kind` hand out borrows of `&self`, but the card
 /// behind a slot changes at run time, so the slot cannot lend from the card.
@@ -39,13 +40,19 @@ struct Inner {
     link: Option<Link>,
 }
 
-/// The daemon's side of the slot.
+/// The side that puts cards in and takes them out.
 #[derive(Clone)]
-pub(crate) struct Slot(Arc<Mutex<Inner>>);
+pub struct CardSlot(Arc<Mutex<Inner>>);
 
-impl Slot {
-    pub fn new(card: Option<Box<dyn Card>>) -> Slot {
-        let slot = Slot(Arc::new(Mutex::new(Inner {
+impl Default for CardSlot {
+    fn default() -> Self {
+        CardSlot::new(None)
+    }
+}
+
+impl CardSlot {
+    pub fn new(card: Option<Box<dyn Card>>) -> CardSlot {
+        let slot = CardSlot(Arc::new(Mutex::new(Inner {
             card: None,
             atr: &[],
             kind: "none",
@@ -78,6 +85,17 @@ impl Slot {
         old
     }
 
+    /// Puts `card` in, dropping any card that was there.
+    pub fn put(&self, card: Box<dyn Card>) {
+        drop(self.replace(Some(card)));
+    }
+
+    /// Takes the card out and drops it (a token's sessions close, a physical
+    /// card is disconnected).
+    pub fn clear(&self) {
+        drop(self.replace(None));
+    }
+
     /// Cuts power, as pulling the card out of a reader does.
     pub fn power_off(&self) {
         if let Some(c) = self.lock().card.as_mut() {
@@ -91,7 +109,7 @@ impl Slot {
 }
 
 /// The transport's side: a [`Card`] that is whatever the slot holds.
-pub(crate) struct SlotCard(Slot);
+pub struct SlotCard(CardSlot);
 
 /// What an empty slot answers, should a command reach it anyway.
 const NO_CARD: [u8; 2] = [0x6F, 0x00];
@@ -141,5 +159,52 @@ impl Card for SlotCard {
     }
     fn kind(&self) -> &str {
         self.0.lock().kind
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Vec<u8>, u32);
+    impl Card for Fixed {
+        fn atr(&self) -> &[u8] {
+            &self.0
+        }
+        fn power_on(&mut self) {}
+        fn power_off(&mut self) {}
+        fn reset(&mut self) {}
+        fn is_powered(&self) -> bool {
+            true
+        }
+        fn transmit(&mut self, _c: &[u8], r: &mut Vec<u8>) {
+            self.1 += 1;
+            r.clear();
+            r.extend_from_slice(&[0x90, 0x00]);
+        }
+        fn set_link(&mut self, _l: Link) {}
+        fn kind(&self) -> &str {
+            "fixed"
+        }
+    }
+
+    #[test]
+    fn slot_card_follows_its_slot() {
+        let slot = CardSlot::default();
+        let mut card = slot.card();
+        let mut rsp = Vec::new();
+        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
+        assert_eq!(rsp, [0x6F, 0x00]);
+        slot.put(Box::new(Fixed(vec![0x3B, 0x01], 0)));
+        assert_eq!(card.atr(), [0x3B, 0x01]);
+        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
+        assert_eq!(rsp, [0x90, 0x00]);
+        slot.put(Box::new(Fixed(vec![0x3B, 0x02], 0)));
+        assert_eq!(card.atr(), [0x3B, 0x02]);
+        slot.clear();
+        card.transmit(&[0, 0xA4, 0, 0], &mut rsp);
+        assert_eq!(rsp, [0x6F, 0x00]);
+        // The same ATR is kept once.
+        assert!(std::ptr::eq(intern(&[0x3B, 0x01]), intern(&[0x3B, 0x01])));
     }
 }
