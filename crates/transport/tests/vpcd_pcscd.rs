@@ -64,6 +64,26 @@ fn fast() -> Timing {
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A probe card in a reader that connects to vpcd on `port`.
+fn serve(port: u16, atr: &[u8]) -> VpcdReader {
+    VpcdReader::spawn(
+        Mode::Connect(([127, 0, 0, 1], port).into()),
+        fast(),
+        Some(probe(atr)),
+    )
+    .expect("reader thread")
+}
+
+/// A probe card in a reader that waits for vpcd on `port` (reversed mode).
+fn serve_reversed(port: u16, atr: &[u8]) -> VpcdReader {
+    VpcdReader::spawn(
+        Mode::Listen(([127, 0, 0, 1], port).into()),
+        fast(),
+        Some(probe(atr)),
+    )
+    .expect("reader thread")
+}
+
 /// Waits until pcscd has noticed that an earlier test's card is gone.
 fn wait_empty(slot: u16) {
     let c = PcscClient::new(&Pcscd::reader_name(slot)).expect("PC/SC context");
@@ -92,12 +112,7 @@ fn connect(pcscd: &Pcscd, slot: u16, atr: &[u8]) -> PcscClient {
 fn apdus_round_trip_and_long_responses() {
     let pcscd = virtcard_testkit::shared().expect("pcscd");
     wait_empty(0);
-    let reader = VpcdReader::spawn(
-        Mode::Connect(([127, 0, 0, 1], pcscd.port(0)).into()),
-        fast(),
-        Some(probe(&ATR)),
-    )
-    .unwrap();
+    let reader = serve(pcscd.port(0), &ATR);
     let mut c = connect(&pcscd, 0, &ATR);
     assert_eq!(c.transmit_hex("00140000").unwrap(), "000000019000");
     // 600 bytes with Le=00: 256 now, the rest via GET RESPONSE.
@@ -118,12 +133,7 @@ fn apdus_round_trip_and_long_responses() {
 fn remove_and_insert_are_seen_by_pcsc() {
     let pcscd = virtcard_testkit::shared().expect("pcscd");
     wait_empty(1);
-    let reader = VpcdReader::spawn(
-        Mode::Connect(([127, 0, 0, 1], pcscd.port(1)).into()),
-        fast(),
-        Some(probe(&ATR)),
-    )
-    .unwrap();
+    let reader = serve(pcscd.port(1), &ATR);
     let mut c = connect(&pcscd, 1, &ATR);
     c.disconnect_reset();
     let old = reader.remove().expect("card was inserted");
@@ -144,12 +154,7 @@ fn remove_and_insert_are_seen_by_pcsc() {
 fn card_comes_back_after_pcscd_restarts() {
     let mut pcscd = virtcard_testkit::shared().expect("pcscd");
     wait_empty(0);
-    let reader = VpcdReader::spawn(
-        Mode::Connect(([127, 0, 0, 1], pcscd.port(0)).into()),
-        fast(),
-        Some(probe(&ATR)),
-    )
-    .unwrap();
+    let reader = serve(pcscd.port(0), &ATR);
     let mut c = connect(&pcscd, 0, &ATR);
     assert_eq!(c.transmit_hex("00140000").unwrap(), "000000019000");
     drop(c);
@@ -163,21 +168,11 @@ fn card_comes_back_after_pcscd_restarts() {
 #[test]
 fn reversed_mode_vpcd_connects_to_us() {
     let port = virtcard_testkit::free_port_pair().unwrap();
-    let reader = VpcdReader::spawn(
-        Mode::Listen(([127, 0, 0, 1], port).into()),
-        fast(),
-        Some(probe(&ATR)),
-    )
-    .unwrap();
+    let reader = serve_reversed(port, &ATR);
     assert_eq!(reader.local_addr().unwrap().port(), port);
     // Debian's vpcd aborts pcscd in reversed mode when any slot has no card
     // side to talk to, so the second slot is served too.
-    let second = VpcdReader::spawn(
-        Mode::Listen(([127, 0, 0, 1], port + 1).into()),
-        fast(),
-        Some(probe(&OTHER_ATR)),
-    )
-    .unwrap();
+    let second = serve_reversed(port + 1, &OTHER_ATR);
     let pcscd = Pcscd::start_reversed(port).expect("pcscd");
     // This process's PC/SC library belongs to the shared pcscd; ask OpenSC's
     // tool, as a user would.
@@ -247,23 +242,13 @@ fn malformed_frame_resets_only_the_connection() {
 fn next_card_is_found_after_one_vanished_under_a_client() {
     let pcscd = virtcard_testkit::shared().expect("pcscd");
     wait_empty(0);
-    let reader = VpcdReader::spawn(
-        Mode::Connect(([127, 0, 0, 1], pcscd.port(0)).into()),
-        fast(),
-        Some(probe(&ATR)),
-    )
-    .unwrap();
+    let reader = serve(pcscd.port(0), &ATR);
     let mut c = connect(&pcscd, 0, &ATR);
     assert_eq!(c.transmit_hex("00140000").unwrap(), "000000019000");
     drop(reader);
     // The client disconnects with a reset the vanished card cannot do.
     drop(c);
-    let reader = VpcdReader::spawn(
-        Mode::Connect(([127, 0, 0, 1], pcscd.port(0)).into()),
-        fast(),
-        Some(probe(&OTHER_ATR)),
-    )
-    .unwrap();
+    let reader = serve(pcscd.port(0), &OTHER_ATR);
     let mut c = connect(&pcscd, 0, &OTHER_ATR);
     assert_eq!(c.transmit_hex("00140000").unwrap(), "000000019000");
     drop(c);
