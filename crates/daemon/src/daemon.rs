@@ -440,7 +440,7 @@ impl Daemon {
                 let mut cfg = ClientConfig::new(endpoint.clone());
                 cfg.reader_name = spec.name.clone();
                 cfg.inserted = inserted;
-                vscard::spawn(cfg, Box::new(slot.card()), None)
+                vscard::spawn(cfg, Box::new(slot.card()))
                     .map(|client| Transport::Qemu { client, slot })
             }
         };

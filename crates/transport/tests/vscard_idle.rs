@@ -41,7 +41,7 @@ fn an_idle_client_sleeps_until_there_is_something_to_do() {
         host: "127.0.0.1".to_string(),
         port: sim.port(),
     };
-    let client = spawn(ClientConfig::new(endpoint), test_card(), None).unwrap();
+    let client = spawn(ClientConfig::new(endpoint), test_card()).unwrap();
     assert!(sim.wait_card(T));
     assert!(client.wait_for(T, |s| s.card_inserted));
     std::thread::sleep(Duration::from_millis(100));

@@ -8,8 +8,6 @@
 
 mod vscard_common;
 
-use std::io;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use virtcard_transport::vscard::{spawn, ClientConfig, Endpoint};
@@ -26,12 +24,7 @@ fn real_qemu_guest_uses_our_card() {
     std::fs::create_dir_all(&work).unwrap();
     let port = guest::free_port();
 
-    let saved: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let s2 = Arc::clone(&saved);
-    let persister = move |state: &[u8]| -> io::Result<()> {
-        s2.lock().unwrap().push(state.to_vec());
-        Ok(())
-    };
+    let state = work.join("state");
     let mut cfg = ClientConfig::new(Endpoint::Tcp {
         host: "127.0.0.1".to_string(),
         port,
@@ -55,7 +48,11 @@ fn real_qemu_guest_uses_our_card() {
         .map(|a| format!("opensc-tool -r 0 -c default -s {a}"))
         .collect();
     let qemu = guest::boot(&image, port, &work, &commands).expect("cannot start QEMU");
-    let client = spawn(cfg, test_card(), Some(Box::new(persister))).unwrap();
+    let client = spawn(
+        cfg,
+        Box::new(virtcard_store::Persisted::new(test_card(), &state)),
+    )
+    .unwrap();
     let console = qemu.finish();
     let client_status = client.status();
     client.shutdown();
@@ -84,9 +81,9 @@ fn real_qemu_guest_uses_our_card() {
     assert_eq!(results[1].data, big_data());
     assert_eq!(results[2].sw, [0x90, 0x00]);
     assert_eq!(results[2].data, big_data()[..16]);
-    // The state change was handed to the persister before the answer left.
+    // The state change was saved before the answer left.
     assert_eq!(results[3].sw, [0x90, 0x00]);
-    assert!(saved.lock().unwrap().contains(&vec![0xAA, 0xBB, 0xCC]));
+    assert_eq!(std::fs::read(&state).unwrap(), [0xAA, 0xBB, 0xCC]);
     assert_eq!(results[4].sw, [0x6D, 0x00]);
     assert!(results[4].data.is_empty());
     let _ = std::fs::remove_dir_all(&work);

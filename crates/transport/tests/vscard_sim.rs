@@ -2,8 +2,6 @@
 
 mod vscard_common;
 
-use std::io;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virtcard_runtime::{Card, Link};
@@ -25,7 +23,7 @@ fn tcp(sim: &QemuSim) -> ClientConfig {
 }
 
 fn start(sim: &QemuSim) -> ClientHandle {
-    let client = spawn(tcp(sim), test_card(), None).unwrap();
+    let client = spawn(tcp(sim), test_card()).unwrap();
     assert!(
         sim.wait_card(T),
         "the card never reached the simulated guest"
@@ -103,7 +101,7 @@ fn unix_socket_endpoint() {
     let sim = QemuSim::start_unix(&path, SimOptions::default()).unwrap();
     let mut cfg = ClientConfig::new(Endpoint::Unix(path.clone()));
     cfg.backoff_initial = Duration::from_millis(20);
-    let client = spawn(cfg, test_card(), None).unwrap();
+    let client = spawn(cfg, test_card()).unwrap();
     assert!(sim.wait_card(T));
     assert_eq!(guest_exchange(&sim, &hex("00FE0000")).1, [0x6D, 0x00]);
     client.shutdown();
@@ -219,21 +217,25 @@ impl Card for OtherAtr {
     }
 }
 
-type Saved = Arc<Mutex<Vec<Vec<u8>>>>;
+/// A fresh scratch directory for state files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vscard-sim-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
 
-fn recorder(saved: &Saved) -> Box<dyn virtcard_transport::vscard::Persister> {
-    let saved = Arc::clone(saved);
-    Box::new(move |state: &[u8]| -> io::Result<()> {
-        saved.lock().unwrap().push(state.to_vec());
-        Ok(())
-    })
+/// The card, saving its state to `path` before each answer.
+fn persisted(card: Box<dyn Card>, path: &std::path::Path) -> Box<dyn Card> {
+    Box::new(virtcard_store::Persisted::new(card, path))
 }
 
 #[test]
 fn swap_gives_the_guest_a_fresh_card_on_the_same_connection() {
     let sim = QemuSim::start_tcp(SimOptions::default()).unwrap();
-    let (first, second): (Saved, Saved) = Default::default();
-    let client = spawn(tcp(&sim), test_card(), Some(recorder(&first))).unwrap();
+    let dir = scratch("swap");
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    let client = spawn(tcp(&sim), persisted(test_card(), &first)).unwrap();
     assert!(sim.wait_card(T));
     assert!(client.wait_for(T, |s| s.card_inserted));
     assert_eq!(
@@ -241,7 +243,7 @@ fn swap_gives_the_guest_a_fresh_card_on_the_same_connection() {
         [0x90, 0x00]
     );
 
-    client.swap(Box::new(OtherAtr(test_card())), Some(recorder(&second)));
+    client.swap(persisted(Box::new(OtherAtr(test_card())), &second));
     assert!(sim.wait_for(T, |h, _, _| h.card_present()
         && h.atr() == Some(&OTHER_ATR[..])));
     assert!(client.wait_for(T, |s| s.card_inserted && s.insertions == 2));
@@ -251,18 +253,18 @@ fn swap_gives_the_guest_a_fresh_card_on_the_same_connection() {
         assert_eq!(h.insertions(), 2);
     });
     assert_eq!(client.status().connections, 1);
-    // The new card's state goes to the new persister only.
+    // The new card's state goes to the new card's file only.
     assert_eq!(
         guest_exchange(&sim, &hex("00DA010203AABBCC")).1,
         [0x90, 0x00]
     );
-    assert_eq!(*second.lock().unwrap(), [hex("AABBCC")]);
-    assert!(first.lock().unwrap().is_empty());
+    assert_eq!(std::fs::read(&second).unwrap(), hex("AABBCC"));
+    assert!(!first.exists());
 
     // A card swapped in while out of the reader goes in.
     client.remove();
     assert!(client.wait_for(T, |s| !s.card_inserted && !s.card_wanted));
-    client.swap(test_card(), None);
+    client.swap(test_card());
     assert!(sim.wait_for(T, |h, _, _| h.card_present() && h.atr() == Some(&ATR[..])));
     assert!(client.wait_for(T, |s| s.card_inserted && s.card_wanted));
     assert_eq!(guest_exchange(&sim, &hex("00FE0000")).1, [0x6D, 0x00]);
@@ -354,7 +356,7 @@ fn two_vms_at_once_one_hangs() {
 fn vm_hung_before_the_handshake_does_not_block_another() {
     let a = QemuSim::start_tcp(SimOptions::default()).unwrap();
     a.set_hung(true);
-    let ca = spawn(tcp(&a), test_card(), None).unwrap();
+    let ca = spawn(tcp(&a), test_card()).unwrap();
     let b = QemuSim::start_tcp(SimOptions::default()).unwrap();
     let cb = start(&b);
     assert_eq!(guest_exchange(&b, &hex("00FE0000")).1, [0x6D, 0x00]);
@@ -389,33 +391,30 @@ fn oversized_frame_closes_only_that_connection() {
 #[test]
 fn state_is_persisted_before_the_response() {
     let sim = QemuSim::start_tcp(SimOptions::default()).unwrap();
-    let saved: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let s2 = Arc::clone(&saved);
-    let persister = move |state: &[u8]| -> io::Result<()> {
-        s2.lock().unwrap().push(state.to_vec());
-        Ok(())
-    };
-    let client = spawn(tcp(&sim), test_card(), Some(Box::new(persister))).unwrap();
+    let dir = scratch("persist");
+    let state = dir.join("state");
+    let client = spawn(tcp(&sim), persisted(test_card(), &state)).unwrap();
     assert!(sim.wait_card(T));
     assert_eq!(
         guest_exchange(&sim, &hex("00DA010203AABBCC")).1,
         [0x90, 0x00]
     );
-    assert_eq!(*saved.lock().unwrap(), [hex("AABBCC")]);
+    assert_eq!(std::fs::read(&state).unwrap(), hex("AABBCC"));
     assert_eq!(guest_exchange(&sim, &hex("00FE0000")).1, [0x6D, 0x00]);
-    assert_eq!(saved.lock().unwrap().len(), 1);
+    assert_eq!(std::fs::read(&state).unwrap(), hex("AABBCC"));
     client.shutdown();
 
     // A failed save turns the answer into a memory failure.
     let sim = QemuSim::start_tcp(SimOptions::default()).unwrap();
-    let failing = |_: &[u8]| -> io::Result<()> { Err(io::Error::other("disk full")) };
-    let client = spawn(tcp(&sim), test_card(), Some(Box::new(failing))).unwrap();
+    let unwritable = dir.join("no-such-dir").join("state");
+    let client = spawn(tcp(&sim), persisted(test_card(), &unwritable)).unwrap();
     assert!(sim.wait_card(T));
     assert_eq!(
         guest_exchange(&sim, &hex("00DA010203AABBCC")).1,
         [0x65, 0x81]
     );
     client.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -431,7 +430,7 @@ fn client_started_before_qemu_keeps_trying() {
     });
     cfg.backoff_initial = Duration::from_millis(10);
     cfg.backoff_max = Duration::from_millis(100);
-    let client = spawn(cfg, test_card(), None).unwrap();
+    let client = spawn(cfg, test_card()).unwrap();
     std::thread::sleep(Duration::from_millis(400));
     assert!(!client.status().connected);
     assert!(client.status().last_error.is_some());

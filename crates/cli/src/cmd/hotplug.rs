@@ -325,7 +325,7 @@ impl HotClient {
     pub fn start(mut config: ClientConfig, source: Source) -> Result<HotClient> {
         let slot = CardSlot::default();
         config.inserted = false;
-        let client = Arc::new(spawn(config, Box::new(slot.card()), None)?);
+        let client = Arc::new(spawn(config, Box::new(slot.card()))?);
         let (c_in, c_out) = (Arc::downgrade(&client), Arc::downgrade(&client));
         let insert = move || {
             if let Some(c) = c_in.upgrade() {

@@ -195,8 +195,8 @@ pub fn start(
         let mut cfg = ClientConfig::new(endpoint.clone());
         cfg.inserted = inserted;
         cfg.reader_name = reader_name.to_string();
-        let client = spawn(cfg, card, None)
-            .with_context(|| format!("cannot start the client for {endpoint}"))?;
+        let client =
+            spawn(cfg, card).with_context(|| format!("cannot start the client for {endpoint}"))?;
         clients.push(Client::Card(client));
     }
     Ok(clients)

@@ -537,7 +537,7 @@ pub fn run(
     config.reader_name = reader_name;
     let (client, hot) = match card {
         Serve::Card(card) => (
-            Arc::new(spawn(config, card, None).context("cannot start the VSCard client")?),
+            Arc::new(spawn(config, card).context("cannot start the VSCard client")?),
             None,
         ),
         Serve::Hot(source) => {

@@ -55,22 +55,6 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// Saves card state durably. Called with the bytes of
-/// [`Card::take_state_change`] before the response that changed them leaves;
-/// if it fails, the guest gets `65 81` (memory failure) instead.
-pub trait Persister: Send {
-    fn persist(&mut self, state: &[u8]) -> io::Result<()>;
-}
-
-impl<F> Persister for F
-where
-    F: FnMut(&[u8]) -> io::Result<()> + Send,
-{
-    fn persist(&mut self, state: &[u8]) -> io::Result<()> {
-        self(state)
-    }
-}
-
 /// How a client behaves.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -126,7 +110,7 @@ pub struct ClientStatus {
 enum Control {
     Insert,
     Remove,
-    Swap(Box<dyn Card>, Option<Box<dyn Persister>>),
+    Swap(Box<dyn Card>),
     Shutdown,
 }
 
@@ -206,13 +190,13 @@ impl ClientHandle {
         self.send(Control::Remove);
     }
 
-    /// Replaces the card (and what saves its state) without touching the
+    /// Replaces the card without touching the
     /// connection: QEMU gets `CardRemove` for the old card, if it was in, then
     /// the new card's ATR, so the guest sees a fresh card. The new card ends
     /// up in the reader whether or not the old one was. The old card is
     /// powered off and dropped by the client thread.
-    pub fn swap(&self, card: Box<dyn Card>, persister: Option<Box<dyn Persister>>) {
-        self.send(Control::Swap(card, persister));
+    pub fn swap(&self, card: Box<dyn Card>) {
+        self.send(Control::Swap(card));
     }
 
     pub fn status(&self) -> ClientStatus {
@@ -262,11 +246,10 @@ impl Drop for ClientHandle {
 }
 
 /// Starts a client thread serving `card` to the QEMU at `config.endpoint`.
-pub fn spawn(
-    config: ClientConfig,
-    card: Box<dyn Card>,
-    persister: Option<Box<dyn Persister>>,
-) -> io::Result<ClientHandle> {
+///
+/// Saving the card's state is the card's own business: give a card wrapped
+/// in `virtcard_store::Persisted` to have it saved before each answer.
+pub fn spawn(config: ClientConfig, card: Box<dyn Card>) -> io::Result<ClientHandle> {
     let (tx, rx) = mpsc::channel();
     let wake = Arc::new(Wake::new()?);
     let shared = Arc::new(Shared {
@@ -281,7 +264,6 @@ pub fn spawn(
         session: ClientSession::new(config.reader_name.clone()),
         config,
         card,
-        persister,
         rx,
         wake: Arc::clone(&wake),
         shared: Arc::clone(&shared),
@@ -385,7 +367,6 @@ struct Worker {
     config: ClientConfig,
     session: ClientSession,
     card: Box<dyn Card>,
-    persister: Option<Box<dyn Persister>>,
     rx: Receiver<Control>,
     wake: Arc<Wake>,
     shared: Arc<Shared>,
@@ -498,7 +479,7 @@ impl Worker {
         match c {
             Control::Insert => self.want_insert(),
             Control::Remove => self.want_remove(),
-            Control::Swap(mut card, persister) => {
+            Control::Swap(mut card) => {
                 // Out before the card changes: QEMU then fails the guest's
                 // outstanding commands itself rather than have the new card
                 // answer commands meant for the old one.
@@ -506,7 +487,6 @@ impl Worker {
                 card.set_link(Link::QEMU_CCID);
                 let mut old = std::mem::replace(&mut self.card, card);
                 old.power_off();
-                self.persister = persister;
                 self.want_insert();
             }
             Control::Shutdown => {
@@ -701,18 +681,6 @@ impl Worker {
     fn transmit(&mut self, command: &[u8]) {
         let mut response = std::mem::take(&mut self.response);
         self.card.transmit(command, &mut response);
-        if let Some(state) = self.card.take_state_change() {
-            let saved = match self.persister.as_mut() {
-                Some(p) => p.persist(&state),
-                None => Ok(()),
-            };
-            if let Err(e) = saved {
-                // The card's answer would claim a change that is not on disk.
-                error!("cannot save the card state: {e}; answering 6581");
-                response.clear();
-                response.extend_from_slice(&[0x65, 0x81]);
-            }
-        }
         // The full exchange is the card's to log (`Traced` redacts secrets);
         // here only sizes, so no PIN or key can reach the log from this layer.
         tracing::trace!(

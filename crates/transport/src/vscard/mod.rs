@@ -15,7 +15,7 @@
 //! use virtcard_transport::vscard::{spawn, ClientConfig, Endpoint};
 //!
 //! let endpoint = Endpoint::Tcp { host: "127.0.0.1".into(), port: 35963 };
-//! let client = spawn(ClientConfig::new(endpoint), card(), None)?;
+//! let client = spawn(ClientConfig::new(endpoint), card())?;
 //! client.remove(); // the guest sees the card go away
 //! client.insert(); // and come back, freshly reset
 //! client.shutdown();
@@ -28,6 +28,6 @@ pub mod frame;
 pub mod session;
 pub mod sim;
 
-pub use client::{spawn, ClientConfig, ClientHandle, ClientStatus, Endpoint, Persister};
+pub use client::{spawn, ClientConfig, ClientHandle, ClientStatus, Endpoint};
 pub use frame::{Decoder, Frame, FrameError, MsgType};
 pub use session::{ClientSession, Event, SessionError};
