@@ -54,6 +54,9 @@ pub enum Request {
     },
     /// `{"op":"remove","reader":"desk"}`
     Remove { reader: String },
+    /// `{"op":"eject","reader":"desk"}`: takes the card out and lets go of
+    /// it; the reader stays, empty.
+    Eject { reader: String },
     /// `{"op":"swap","reader":"desk","card":{"dir":"/abs/path"}}`
     Swap { reader: String, card: CardEntry },
     /// `{"op":"add-reader","reader":{"name":"vm2","qemu":{"tcp":"127.0.0.1:5902"}}}`
@@ -141,6 +144,7 @@ pub fn handle(daemon: &Daemon, request: &Request) -> Response {
             card(reader, c).and_then(|s| daemon.insert_new(reader, s)),
         ),
         Request::Remove { reader } => one(reader, daemon.remove(reader)),
+        Request::Eject { reader } => one(reader, daemon.eject(reader)),
         Request::Swap { reader, card: c } => {
             one(reader, card(reader, c).and_then(|s| daemon.swap(reader, s)))
         }

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use virtcard_runtime::Card;
@@ -62,9 +61,6 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Reconnect and swap timing of vpcd readers.
     pub vpcd_timing: Timing,
-    /// How often connection changes are looked for (for `connected` /
-    /// `disconnected` events).
-    pub poll_interval: Duration,
 }
 
 impl Options {
@@ -72,7 +68,6 @@ impl Options {
         Options {
             state_dir: state_dir.into(),
             vpcd_timing: Timing::default(),
-            poll_interval: Duration::from_millis(100),
         }
     }
 }
@@ -202,13 +197,76 @@ struct Reader {
     card: Option<CardInfo>,
     inserted: bool,
     transport: Option<Transport>,
-    connected: bool,
 }
 
 struct Cell {
     name: String,
     place: String,
     reader: Mutex<Reader>,
+    link: Arc<LinkEvents>,
+}
+
+/// Turns a transport's connection changes into `connected` and
+/// `disconnected` events. The transport reports from its own thread the
+/// moment a change happens, so a reconnect within milliseconds still gives
+/// both events; they are held back until the reader's `reader-added` event
+/// is out, and end with its `reader-removed`.
+struct LinkEvents {
+    reader: String,
+    bus: Arc<Bus>,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    announced: bool,
+    retired: bool,
+    up: bool,
+}
+
+impl LinkEvents {
+    fn new(reader: &str, bus: Arc<Bus>) -> Arc<LinkEvents> {
+        Arc::new(LinkEvents {
+            reader: reader.to_string(),
+            bus,
+            state: Mutex::new(LinkState::default()),
+        })
+    }
+
+    fn emit(&self, up: bool) {
+        let reader = self.reader.clone();
+        self.bus.emit(if up {
+            Event::Connected { reader }
+        } else {
+            Event::Disconnected { reader }
+        });
+    }
+
+    /// The transport's link is up or down now. Emitting under the lock
+    /// keeps the events in the order of the changes.
+    fn report(&self, up: bool) {
+        let mut s = lock(&self.state);
+        if s.up != up {
+            s.up = up;
+            if s.announced && !s.retired {
+                self.emit(up);
+            }
+        }
+    }
+
+    /// The reader's `reader-added` is out: events may follow.
+    fn announce(&self) {
+        let mut s = lock(&self.state);
+        s.announced = true;
+        if s.up && !s.retired {
+            self.emit(true);
+        }
+    }
+
+    /// No event about the reader after this.
+    fn retire(&self) {
+        lock(&self.state).retired = true;
+    }
 }
 
 impl Cell {
@@ -223,10 +281,8 @@ struct Inner {
     readers: Mutex<BTreeMap<String, Arc<Cell>>>,
     /// State file → reader: a card's state must have one writer.
     claims: Mutex<HashMap<PathBuf, String>>,
-    bus: Bus,
+    bus: Arc<Bus>,
     stopping: Mutex<bool>,
-    wake: Condvar,
-    monitor: Mutex<Option<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -278,28 +334,15 @@ impl fmt::Debug for Daemon {
 impl Daemon {
     /// A daemon without readers.
     pub fn new(options: Options) -> Daemon {
-        let inner = Arc::new(Inner {
-            options,
-            readers: Mutex::new(BTreeMap::new()),
-            claims: Mutex::new(HashMap::new()),
-            bus: Bus::default(),
-            stopping: Mutex::new(false),
-            wake: Condvar::new(),
-            monitor: Mutex::new(None),
-        });
-        let weak = Arc::downgrade(&inner);
-        let interval = inner.options.poll_interval;
-        match std::thread::Builder::new()
-            .name("virtcard-monitor".into())
-            .stack_size(64 * 1024)
-            .spawn(move || monitor(weak, interval))
-        {
-            Ok(t) => *lock(&inner.monitor) = Some(t),
-            // Without the monitor only connected/disconnected events are
-            // missing; everything else works.
-            Err(e) => tracing::warn!(error = %e, "cannot start the connection monitor"),
+        Daemon {
+            inner: Arc::new(Inner {
+                options,
+                readers: Mutex::new(BTreeMap::new()),
+                claims: Mutex::new(HashMap::new()),
+                bus: Arc::new(Bus::default()),
+                stopping: Mutex::new(false),
+            }),
         }
-        Daemon { inner }
     }
 
     /// A daemon serving everything `config` names. Every card is opened
@@ -429,19 +472,25 @@ impl Daemon {
         }
         let inserted = spec.inserted && card.is_some();
         let card = card.map(|(c, _, _)| c);
+        let link = LinkEvents::new(&spec.name, self.inner.bus.clone());
+        let observer = link.clone();
         let started = match &spec.presentation {
             Presentation::Vpcd(mode) => {
                 let (now, held) = if inserted { (card, None) } else { (None, card) };
-                VpcdReader::spawn(*mode, self.inner.options.vpcd_timing, now)
-                    .map(|reader| Transport::Vpcd { reader, held })
+                VpcdReader::spawn_observed(*mode, self.inner.options.vpcd_timing, now, move |c| {
+                    observer.report(c == vpcd::Connection::Connected)
+                })
+                .map(|reader| Transport::Vpcd { reader, held })
             }
             Presentation::Qemu(endpoint) => {
                 let slot = Slot::new(card);
                 let mut cfg = ClientConfig::new(endpoint.clone());
                 cfg.reader_name = spec.name.clone();
                 cfg.inserted = inserted;
-                vscard::spawn(cfg, Box::new(slot.card()))
-                    .map(|client| Transport::Qemu { client, slot })
+                vscard::spawn_observed(cfg, Box::new(slot.card()), move |s| {
+                    observer.report(s.connected && s.reader_added)
+                })
+                .map(|client| Transport::Qemu { client, slot })
             }
         };
         let transport = match started {
@@ -462,8 +511,8 @@ impl Daemon {
                 card: info,
                 inserted,
                 transport: Some(transport),
-                connected: false,
             }),
+            link,
         });
         let r = cell.lock();
         readers.insert(spec.name.clone(), cell.clone());
@@ -475,6 +524,7 @@ impl Daemon {
         if inserted {
             self.emit_inserted(&spec.name, &r);
         }
+        cell.link.announce();
         Ok(())
     }
 
@@ -512,6 +562,7 @@ impl Daemon {
     /// Marks a reader gone and emits its last events; the caller ends the
     /// transport outside any lock, since QEMU gets time to confirm.
     fn retire(&self, cell: &Cell) -> Option<Transport> {
+        cell.link.retire();
         let mut r = cell.lock();
         if r.inserted {
             self.inner.bus.emit(Event::CardRemoved {
@@ -642,6 +693,41 @@ impl Daemon {
         Ok(())
     }
 
+    /// Takes the card out of the reader (if it is in) and lets go of it: the
+    /// reader is empty afterwards, ready for [`Daemon::insert_new`]. For a
+    /// card that is gone for good, such as a token pulled out of its slot.
+    pub fn eject(&self, name: &str) -> Result<(), Error> {
+        let cell = self.cell(name)?;
+        let mut r = cell.lock();
+        if r.card.is_none() {
+            return Err(Error::NoCard(name.to_string()));
+        }
+        let was_inserted = r.inserted;
+        match r.transport.as_mut() {
+            Some(Transport::Vpcd { reader, held }) => {
+                if let Some(mut card) = reader.remove().or_else(|| held.take()) {
+                    card.power_off();
+                }
+            }
+            Some(Transport::Qemu { client, slot }) => {
+                if was_inserted {
+                    client.remove();
+                }
+                slot.clear();
+            }
+            None => return Err(Error::NoReader(name.to_string())),
+        }
+        r.inserted = false;
+        let old = r.card.take();
+        self.release(&old);
+        if was_inserted {
+            self.inner.bus.emit(Event::CardRemoved {
+                reader: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Every reader, by name.
     pub fn readers(&self) -> Vec<ReaderStatus> {
         let cells: Vec<Arc<Cell>> = lock(&self.inner.readers).values().cloned().collect();
@@ -693,10 +779,6 @@ impl Daemon {
                 return;
             }
             *s = true;
-            self.inner.wake.notify_all();
-        }
-        if let Some(t) = lock(&self.inner.monitor).take() {
-            let _ = t.join();
         }
         let cells: Vec<Arc<Cell>> = std::mem::take(&mut *lock(&self.inner.readers))
             .into_values()
@@ -757,39 +839,4 @@ fn status(cell: &Cell) -> Option<ReaderStatus> {
         apdus,
         last_error,
     })
-}
-
-/// Turns connection changes into events.
-fn monitor(inner: Weak<Inner>, interval: Duration) {
-    loop {
-        let Some(inner) = inner.upgrade() else { return };
-        let cells: Vec<Arc<Cell>> = lock(&inner.readers).values().cloned().collect();
-        for cell in cells {
-            let mut r = cell.lock();
-            let Some(t) = r.transport.as_ref() else {
-                continue;
-            };
-            let now = t.connection().0 == Connection::Connected;
-            if now != r.connected {
-                r.connected = now;
-                let reader = cell.name.clone();
-                inner.bus.emit(if now {
-                    Event::Connected { reader }
-                } else {
-                    Event::Disconnected { reader }
-                });
-            }
-        }
-        let stopping = lock(&inner.stopping);
-        if *stopping {
-            return;
-        }
-        let (stopping, _) = inner
-            .wake
-            .wait_timeout(stopping, interval)
-            .unwrap_or_else(|e| e.into_inner());
-        if *stopping {
-            return;
-        }
-    }
 }

@@ -60,6 +60,8 @@ pub enum CtlCmd {
     },
     /// Take the card out of a reader (the reader keeps it for `insert`).
     Remove { reader: String },
+    /// Take the card out of a reader and let go of it: the reader stays, empty.
+    Eject { reader: String },
     /// Replace the card in a reader with another one, inserted.
     Swap {
         reader: String,
@@ -219,6 +221,7 @@ pub fn run(args: Args) -> Result<()> {
             card: card.entry()?,
         },
         CtlCmd::Remove { reader } => Request::Remove { reader },
+        CtlCmd::Eject { reader } => Request::Eject { reader },
         CtlCmd::Swap { reader, card } => Request::Swap {
             reader,
             card: card

@@ -98,6 +98,19 @@ impl VpcdReader {
     /// Starts serving `card` (or an empty slot). In listen mode the address is
     /// bound before this returns, so a taken port is reported here.
     pub fn spawn(mode: Mode, timing: Timing, card: Option<Box<dyn Card>>) -> io::Result<Self> {
+        VpcdReader::spawn_observed(mode, timing, card, |_| {})
+    }
+
+    /// Like [`VpcdReader::spawn`], and calls `observer` from the reader's
+    /// thread at every change of [`VpcdReader::connection`], in order, so
+    /// that no change is missed however short. The one-poll reconnect that
+    /// shows the slot empty before a new card is not a change.
+    pub fn spawn_observed(
+        mode: Mode,
+        timing: Timing,
+        card: Option<Box<dyn Card>>,
+        observer: impl Fn(Connection) + Send + 'static,
+    ) -> io::Result<Self> {
         let listener = match mode {
             Mode::Listen(addr) => {
                 let l = TcpListener::bind(addr)?;
@@ -125,6 +138,7 @@ impl VpcdReader {
             mode,
             timing,
             listener,
+            observer: Box::new(observer),
         };
         let name = match mode {
             Mode::Connect(a) => format!("vpcd-{a}"),
@@ -221,6 +235,7 @@ struct Worker {
     mode: Mode,
     timing: Timing,
     listener: Option<TcpListener>,
+    observer: Box<dyn Fn(Connection) + Send>,
 }
 
 /// How often a blocked read wakes to notice a removal or shutdown.
@@ -228,7 +243,11 @@ const POLL: Duration = Duration::from_millis(100);
 
 impl Worker {
     fn set_connection(&self, c: Connection) {
-        self.shared.lock().connection = c;
+        let old = std::mem::replace(&mut self.shared.lock().connection, c);
+        // Outside the lock: the observer may look at the reader.
+        if old != c {
+            (self.observer)(c);
+        }
     }
 
     /// Waits until a connection is wanted; `None` when asked to stop. In
@@ -244,7 +263,12 @@ impl Worker {
             if s.card.is_some() || matches!(self.mode, Mode::Listen(_)) {
                 return Some(s.generation);
             }
-            s.connection = Connection::Idle;
+            if s.connection != Connection::Idle {
+                drop(s);
+                self.set_connection(Connection::Idle);
+                s = self.shared.lock();
+                continue;
+            }
             s = self
                 .shared
                 .changed
@@ -268,12 +292,21 @@ impl Worker {
         let mut backoff = self.timing.backoff_start;
         let mut failures = 0u32;
         let mut show_empty_first = true;
+        // After showing the slot empty the reader reconnects at once; it
+        // counts as connected unless that reconnect fails.
+        let mut reconnecting_at_once = false;
         'outer: while let Some(generation) = self.wait_for_card() {
-            self.set_connection(Connection::Connecting);
+            if !std::mem::take(&mut reconnecting_at_once) {
+                self.set_connection(Connection::Connecting);
+            }
             let stream = match self.open(generation) {
                 Ok(Some(s)) => s,
-                Ok(None) => continue,
+                Ok(None) => {
+                    self.set_connection(Connection::Connecting);
+                    continue;
+                }
                 Err(e) => {
+                    self.set_connection(Connection::Connecting);
                     if failures == 0 {
                         tracing::warn!(mode = ?self.mode, error = %e, "cannot reach vpcd; retrying with backoff (is pcscd running with the vpcd driver?)");
                     } else {
@@ -291,6 +324,7 @@ impl Worker {
                 // Reversed mode with an empty slot: Debian's vpcd stalls pcscd
                 // when an empty ATR answers its first poll, so refuse by closing;
                 // vpcd counts that as "no card" and retries on its next poll.
+                self.set_connection(Connection::Connecting);
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 if !self.pause(POLL, generation) {
                     break;
@@ -313,7 +347,11 @@ impl Worker {
             let end = self.serve(&stream, generation, show_empty);
             show_empty_first = !matches!(end, End::ShownEmpty);
             let _ = stream.shutdown(std::net::Shutdown::Both);
-            self.set_connection(Connection::Connecting);
+            if matches!(end, End::ShownEmpty) {
+                reconnecting_at_once = true;
+            } else {
+                self.set_connection(Connection::Connecting);
+            }
             match end {
                 End::Stop => break 'outer,
                 End::CardChanged => {

@@ -141,9 +141,25 @@ impl Wake {
     }
 }
 
+/// Called with the new status whenever the link changes.
+type Observer = Box<dyn Fn(&ClientStatus) + Send + Sync>;
+
 struct Shared {
     status: Mutex<ClientStatus>,
     changed: Condvar,
+    observer: Option<Observer>,
+}
+
+impl ClientStatus {
+    /// What an observer is told about: not the counters.
+    fn link(&self) -> (bool, bool, bool, bool) {
+        (
+            self.connected,
+            self.reader_added,
+            self.card_inserted,
+            self.stopped,
+        )
+    }
 }
 
 impl Shared {
@@ -153,9 +169,18 @@ impl Shared {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Only the client thread updates, so observers see changes in order.
     fn update(&self, f: impl FnOnce(&mut ClientStatus)) {
-        f(&mut self.lock());
+        let seen = {
+            let mut s = self.lock();
+            let before = s.link();
+            f(&mut s);
+            (self.observer.is_some() && s.link() != before).then(|| s.clone())
+        };
         self.changed.notify_all();
+        if let (Some(status), Some(observer)) = (seen, &self.observer) {
+            observer(&status);
+        }
     }
 }
 
@@ -250,6 +275,26 @@ impl Drop for ClientHandle {
 /// Saving the card's state is the card's own business: give a card wrapped
 /// in `virtcard_store::Persisted` to have it saved before each answer.
 pub fn spawn(config: ClientConfig, card: Box<dyn Card>) -> io::Result<ClientHandle> {
+    start(config, card, None)
+}
+
+/// Like [`spawn`], and calls `observer` from the client's thread with the
+/// new status whenever `connected`, `reader_added`, `card_inserted` or
+/// `stopped` changes, in order, so that even a reconnect within
+/// milliseconds is seen.
+pub fn spawn_observed(
+    config: ClientConfig,
+    card: Box<dyn Card>,
+    observer: impl Fn(&ClientStatus) + Send + Sync + 'static,
+) -> io::Result<ClientHandle> {
+    start(config, card, Some(Box::new(observer)))
+}
+
+fn start(
+    config: ClientConfig,
+    card: Box<dyn Card>,
+    observer: Option<Observer>,
+) -> io::Result<ClientHandle> {
     let (tx, rx) = mpsc::channel();
     let wake = Arc::new(Wake::new()?);
     let shared = Arc::new(Shared {
@@ -258,6 +303,7 @@ pub fn spawn(config: ClientConfig, card: Box<dyn Card>) -> io::Result<ClientHand
             ..ClientStatus::default()
         }),
         changed: Condvar::new(),
+        observer,
     });
     let endpoint = config.endpoint.clone();
     let worker = Worker {

@@ -28,6 +28,6 @@ pub mod frame;
 pub mod session;
 pub mod sim;
 
-pub use client::{spawn, ClientConfig, ClientHandle, ClientStatus, Endpoint};
+pub use client::{spawn, spawn_observed, ClientConfig, ClientHandle, ClientStatus, Endpoint};
 pub use frame::{Decoder, Frame, FrameError, MsgType};
 pub use session::{ClientSession, Event, SessionError};
