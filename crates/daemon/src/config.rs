@@ -320,6 +320,29 @@ fn loopback_addr(s: &str, v4_only: bool, key: &[&str]) -> Result<SocketAddr, Pro
 }
 
 /// Checks a reader name.
+/// A valid reader name made from `s` (say a PC/SC or libcacard reader name):
+/// every character a name may not hold becomes `-`, and it is cut to 64
+/// characters; `reader` if nothing is left.
+pub fn name_from(s: &str) -> String {
+    let name: String = s
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "reader".to_string()
+    } else {
+        name
+    }
+}
+
 pub fn check_name(name: &str) -> Result<(), Problem> {
     if name.is_empty()
         || name.len() > 64
@@ -763,6 +786,25 @@ mod tests {
             }) => (line, key, message),
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn names_made_valid() {
+        for (from, to) in [
+            ("Virtual Reader", "Virtual-Reader"),
+            ("  Test ", "Test"),
+            (
+                "Gemalto PC Twin Reader (A1) 00 00",
+                "Gemalto-PC-Twin-Reader--A1--00-00",
+            ),
+            ("", "reader"),
+            ("é", "-"),
+        ] {
+            assert_eq!(name_from(from), to);
+            assert!(check_name(&name_from(from)).is_ok());
+        }
+        let long = "x".repeat(100);
+        assert!(check_name(&name_from(&long)).is_ok());
     }
 
     #[test]

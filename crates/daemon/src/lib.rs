@@ -62,6 +62,8 @@ mod daemon;
 mod events;
 
 pub use card::{state_home, CardSource, OpenError, OpenedCard};
-pub use config::{Config, ConfigError, Locations, Presentation, Problem, ReaderEntry, ReaderSpec};
+pub use config::{
+    name_from, Config, ConfigError, Locations, Presentation, Problem, ReaderEntry, ReaderSpec,
+};
 pub use daemon::{CardStatus, Connection, Daemon, Error, NewCard, Options, ReaderStatus};
 pub use events::{Event, Events};

@@ -1,9 +1,9 @@
-//! Cards that come and go while one VSCard connection stays up: the card
-//! behind the connection is swapped when a PKCS#11 token or a physical card
-//! appears, and taken out when it leaves.
+//! Cards that come and go while the reader stays: the card in a daemon
+//! reader is swapped when a PKCS#11 token or a physical card appears, and
+//! ejected when it leaves.
 //!
-//! * [`CardSlot`] is the socket a VSCard client serves; the followers put
-//!   cards in and take them out.
+//! * [`follow`] drives a [`Daemon`] reader with the same operations as
+//!   `virtcard ctl` (`swap` when a card arrives, `eject` when it leaves).
 //! * [`follow_tokens`] re-emulates PKCS#11 tokens as CAC cards (libcacard's
 //!   `use_hw=yes`): the first slot holding a token becomes the card, with
 //!   every certificate of the token and its private-key operations running
@@ -18,11 +18,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use virtcard_daemon::Daemon;
 use virtcard_keystore::pkcs11::{
     Module, PinSource, Pkcs11KeyStore, SlotDescription, TokenSelector,
 };
-use virtcard_runtime::{Card, CardSlot, Runtime, Traced};
-use virtcard_transport::vscard::{spawn, ClientConfig, ClientHandle};
+use virtcard_runtime::{Card, Runtime, Traced};
 use zeroize::Zeroizing;
 
 /// How often the token followers look at the modules' slots.
@@ -138,16 +138,15 @@ struct Served {
     label: String,
 }
 
-/// Re-emulates the first token of `modules` as a CAC card in `slot`, and
-/// follows it: `insert`/`remove` tell the VSCard client when the token
-/// arrives or leaves. While no token is served the modules are initialised
-/// again every [`RESCAN`], so tokens created after start show up too.
+/// Re-emulates the first token of `modules` as a CAC card, and follows it:
+/// `put` receives the card when the token arrives, `clear` is called when
+/// it leaves. While no token is served the modules are initialised again
+/// every [`RESCAN`], so tokens created after start show up too.
 pub fn follow_tokens(
     modules: Vec<Arc<Module>>,
     policy: TokenPolicy,
-    slot: CardSlot,
-    insert: impl Fn() + Send + 'static,
-    remove: impl Fn() + Send + 'static,
+    put: impl Fn(Box<dyn Card>) + Send + 'static,
+    clear: impl Fn() + Send + 'static,
 ) -> Result<Follower> {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -188,8 +187,7 @@ pub fn follow_tokens(
                 if let Some(s) = &served {
                     if !tokens.contains(s) {
                         tracing::info!(token = %s.label, slot = s.slot, "token removed: card removed");
-                        slot.clear();
-                        remove();
+                        clear();
                         served = None;
                     }
                 }
@@ -208,8 +206,7 @@ pub fn follow_tokens(
                                     module = %modules[*i].path().display(),
                                     "token inserted: served as a CAC card"
                                 );
-                                slot.put(card);
-                                insert();
+                                put(card);
                                 served = Some(t.clone());
                                 waiting_logged = false;
                                 break;
@@ -264,7 +261,6 @@ pub fn follow_tokens(
                 }
                 std::thread::sleep(TOKEN_POLL);
             }
-            slot.clear();
         })
         .context("cannot start the token watcher")?;
     Ok(Follower {
@@ -274,28 +270,20 @@ pub fn follow_tokens(
     })
 }
 
-/// Relays physical cards into `slot`: from the reader `reader` names (a name,
-/// part of one, or an index; it may appear later), or with `None` from the
-/// first reader holding a card.
+/// Relays physical cards to `put` (and calls `clear` when they leave): from
+/// the reader `reader` names (a name, part of one, or an index; it may
+/// appear later), or with `None` from the first reader holding a card.
 pub fn follow_readers(
     reader: Option<&str>,
-    slot: CardSlot,
-    insert: impl Fn() + Send + 'static,
-    remove: impl Fn() + Send + 'static,
+    put: impl Fn(Box<dyn Card>) + Send + 'static,
+    clear: impl Fn() + Send + 'static,
 ) -> Result<Follower> {
     let sel = reader.map(virtcard_relay::ReaderSelector::parse);
-    let (s_in, s_out) = (slot.clone(), slot);
     let watcher = virtcard_relay::Watcher::follow(
         sel,
         || None,
-        move |card| {
-            s_in.put(Box::new(Traced::new(card, "relay")));
-            insert();
-        },
-        move || {
-            s_out.clear();
-            remove();
-        },
+        move |card| put(Box::new(Traced::new(card, "relay"))),
+        clear,
     )?;
     Ok(Follower {
         stop: Arc::new(AtomicBool::new(false)),
@@ -304,15 +292,7 @@ pub fn follow_readers(
     })
 }
 
-/// A VSCard client serving whatever card a follower puts into its slot:
-/// the client starts without a card and is told of every insertion and
-/// removal.
-pub struct HotClient {
-    pub client: Arc<ClientHandle>,
-    follower: Follower,
-}
-
-/// What a [`HotClient`] follows.
+/// What a daemon reader follows.
 pub enum Source {
     Tokens {
         modules: Vec<Arc<Module>>,
@@ -321,38 +301,27 @@ pub enum Source {
     Readers(Option<String>),
 }
 
-impl HotClient {
-    pub fn start(mut config: ClientConfig, source: Source) -> Result<HotClient> {
-        let slot = CardSlot::default();
-        config.inserted = false;
-        let client = Arc::new(spawn(config, Box::new(slot.card()))?);
-        let (c_in, c_out) = (Arc::downgrade(&client), Arc::downgrade(&client));
-        let insert = move || {
-            if let Some(c) = c_in.upgrade() {
-                c.insert();
-            }
-        };
-        let remove = move || {
-            if let Some(c) = c_out.upgrade() {
-                c.remove();
-            }
-        };
-        let follower = match source {
-            Source::Tokens { modules, policy } => {
-                follow_tokens(modules, policy, slot, insert, remove)?
-            }
-            Source::Readers(r) => follow_readers(r.as_deref(), slot, insert, remove)?,
-        };
-        Ok(HotClient { client, follower })
-    }
-
-    /// Stops following, then removes card and reader from QEMU.
-    pub fn shutdown(self) {
-        self.follower.shutdown();
-        match Arc::try_unwrap(self.client) {
-            Ok(c) => c.shutdown(),
-            Err(c) => drop(c),
+/// Keeps the card of the daemon's reader `reader` in step with `source`,
+/// through the daemon's own operations: a card that arrives is swapped in
+/// (and ends up inserted), one that leaves is ejected. The reader should
+/// start empty.
+pub fn follow(daemon: &Daemon, reader: &str, source: Source) -> Result<Follower> {
+    let (d_put, d_clear) = (daemon.clone(), daemon.clone());
+    let (r_put, r_clear) = (reader.to_string(), reader.to_string());
+    let put = move |card: Box<dyn Card>| {
+        if let Err(e) = d_put.swap(&r_put, card) {
+            tracing::warn!(reader = %r_put, "card not inserted: {e}");
         }
+    };
+    let clear = move || {
+        // Refused only when the card is gone already (or the daemon stops).
+        if let Err(e) = d_clear.eject(&r_clear) {
+            tracing::debug!(reader = %r_clear, "nothing to eject: {e}");
+        }
+    };
+    match source {
+        Source::Tokens { modules, policy } => follow_tokens(modules, policy, put, clear),
+        Source::Readers(r) => follow_readers(r.as_deref(), put, clear),
     }
 }
 

@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use virtcard_daemon::{Daemon, Options, Presentation, ReaderSpec};
 use virtcard_runtime::Card;
-use virtcard_transport::vscard::{spawn, ClientConfig, ClientHandle, Endpoint};
+use virtcard_transport::vscard::Endpoint;
 
-use super::hotplug::{HotClient, Source};
+use super::hotplug::{follow, Follower, Source};
+use crate::cards;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -149,63 +151,94 @@ pub fn targets(args: &Args) -> Result<Vec<(Endpoint, Target)>> {
     Ok(out)
 }
 
-/// A running connection: a fixed card, or one that follows a reader.
-pub enum Client {
-    Card(ClientHandle),
-    Passthru(HotClient),
+/// The running connections: one daemon reader per target, and a follower
+/// for each passthru target.
+pub struct Running {
+    pub daemon: Daemon,
+    followers: Vec<Follower>,
 }
 
-impl Client {
+impl Running {
+    /// Stops following, then removes every card and reader from QEMU.
     pub fn shutdown(self) {
-        match self {
-            Client::Card(c) => c.shutdown(),
-            Client::Passthru(h) => h.shutdown(),
+        for f in self.followers {
+            f.shutdown();
         }
+        self.daemon.shutdown();
     }
 }
 
-/// Starts one client per target.
+/// The daemon reader name of the `index`th target: the name given, then
+/// NAME-2, NAME-3, … (QEMU sees it only in its debug output).
+fn reader_name(base: &str, index: usize) -> String {
+    let base = virtcard_daemon::name_from(base);
+    match index {
+        0 => base,
+        i => format!("{base}-{}", i + 1),
+    }
+}
+
+/// Starts one daemon reader per target. Every card is opened before any
+/// connection starts.
 pub fn start(
     targets: Vec<(Endpoint, Target)>,
     inserted: bool,
-    reader_name: &str,
+    name: &str,
     open: &dyn Fn(&Path) -> Result<Box<dyn Card>>,
-) -> Result<Vec<Client>> {
-    let mut clients = Vec::new();
-    for (endpoint, target) in targets {
-        let card_path = match target {
-            Target::Card(p) => p,
-            Target::Passthru(reader) => {
-                match &reader {
-                    Some(r) => tracing::info!("passing the card in PC/SC reader {r:?} through to QEMU at {endpoint}"),
-                    None => tracing::info!("passing the first card found in any PC/SC reader through to QEMU at {endpoint}"),
-                }
-                let mut cfg = ClientConfig::new(endpoint.clone());
-                cfg.reader_name = reader_name.to_string();
-                let h = HotClient::start(cfg, Source::Readers(reader))
-                    .with_context(|| format!("cannot start the client for {endpoint}"))?;
-                clients.push(Client::Passthru(h));
-                continue;
+) -> Result<Running> {
+    let mut cards = Vec::new();
+    for (endpoint, target) in &targets {
+        cards.push(match target {
+            Target::Card(path) => {
+                let card =
+                    open(path).with_context(|| format!("cannot open {}", path.display()))?;
+                let atr: String = card.atr().iter().map(|b| format!("{b:02X}")).collect();
+                tracing::info!(card = %card.kind(), %atr, "serving {} to QEMU at {endpoint}", path.display());
+                Some(card)
             }
-        };
-        let card =
-            open(&card_path).with_context(|| format!("cannot open {}", card_path.display()))?;
-        let atr: String = card.atr().iter().map(|b| format!("{b:02X}")).collect();
-        tracing::info!(card = %card.kind(), %atr, "serving {} to QEMU at {endpoint}", card_path.display());
-        let mut cfg = ClientConfig::new(endpoint.clone());
-        cfg.inserted = inserted;
-        cfg.reader_name = reader_name.to_string();
-        let client =
-            spawn(cfg, card).with_context(|| format!("cannot start the client for {endpoint}"))?;
-        clients.push(Client::Card(client));
+            Target::Passthru(Some(r)) => {
+                tracing::info!("passing the card in PC/SC reader {r:?} through to QEMU at {endpoint}");
+                None
+            }
+            Target::Passthru(None) => {
+                tracing::info!("passing the first card found in any PC/SC reader through to QEMU at {endpoint}");
+                None
+            }
+        });
     }
-    Ok(clients)
+    let daemon = Daemon::new(Options::new(cards::state_home().unwrap_or_default()));
+    let mut running = Running {
+        daemon: daemon.clone(),
+        followers: Vec::new(),
+    };
+    for (i, ((endpoint, target), card)) in targets.into_iter().zip(cards).enumerate() {
+        let reader = reader_name(name, i);
+        let mut spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint.clone()));
+        spec.inserted = inserted;
+        let added = daemon
+            .add_reader_with_card(spec, card)
+            .with_context(|| format!("cannot start the client for {endpoint}"))
+            .and_then(|()| match target {
+                Target::Passthru(r) => {
+                    running
+                        .followers
+                        .push(follow(&daemon, &reader, Source::Readers(r))?);
+                    Ok(())
+                }
+                Target::Card(_) => Ok(()),
+            });
+        if let Err(e) = added {
+            running.shutdown();
+            return Err(e);
+        }
+    }
+    Ok(running)
 }
 
 /// Runs until SIGINT or SIGTERM, then removes every card and reader.
 pub fn run(args: Args, open: impl Fn(&Path) -> Result<Box<dyn Card>>) -> Result<()> {
     let targets = targets(&args)?;
-    let clients = start(targets, !args.removed, &args.reader_name, &open)?;
+    let running = start(targets, !args.removed, &args.reader_name, &open)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
@@ -214,9 +247,7 @@ pub fn run(args: Args, open: impl Fn(&Path) -> Result<Box<dyn Card>>) -> Result<
         std::thread::sleep(Duration::from_millis(100));
     }
     tracing::info!("shutting down: removing the card(s) from the guest");
-    for c in clients {
-        c.shutdown();
-    }
+    running.shutdown();
     Ok(())
 }
 

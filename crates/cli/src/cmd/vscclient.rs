@@ -20,9 +20,13 @@ use std::time::Duration;
 
 use super::hotplug;
 use anyhow::{bail, Context, Result};
+use virtcard_daemon::control::ControlServer;
+use virtcard_daemon::{
+    name_from, Connection, Daemon, Options, Presentation, ReaderSpec, ReaderStatus,
+};
 use virtcard_keystore::pkcs11::{PinSource, Pkcs11Config, Pkcs11KeyStore, TokenSelector};
 use virtcard_runtime::{Card, Runtime, Traced};
-use virtcard_transport::vscard::{spawn, ClientConfig, ClientHandle, Endpoint};
+use virtcard_transport::vscard::Endpoint;
 use zeroize::Zeroizing;
 
 #[derive(clap::Args, Debug)]
@@ -53,6 +57,11 @@ pub struct Args {
     /// default: the modules registered in the NSS database (`modutil -add`).
     #[arg(long = "pkcs11-module", value_name = "PATH")]
     pub pkcs11_modules: Vec<PathBuf>,
+    /// Also serve `virtcard ctl --socket PATH` (list, insert, remove, swap,
+    /// eject, events) on this Unix socket; the stdin commands are the same
+    /// operations.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
     /// Host of QEMU's chardev socket.
     pub host: String,
     /// Port of QEMU's chardev socket.
@@ -397,55 +406,83 @@ fn help(out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "exit")
 }
 
-/// The interactive state: one reader (id 0, the only id QEMU assigns).
+/// The interactive shell. It runs on a [`Daemon`], with the operations
+/// `virtcard ctl` uses; reader ids are positions in the daemon's reader
+/// list (vscclient has one reader, id 0).
 pub struct Shell<'a> {
-    client: &'a ClientHandle,
+    daemon: &'a Daemon,
     selected: u32,
     debug: u32,
     set_debug: &'a dyn Fn(u32),
+    /// How long `insert` and `remove` wait to see the guest follow.
+    confirm: Duration,
 }
 
 impl<'a> Shell<'a> {
-    pub fn new(client: &'a ClientHandle, debug: u32, set_debug: &'a dyn Fn(u32)) -> Self {
+    pub fn new(daemon: &'a Daemon, debug: u32, set_debug: &'a dyn Fn(u32)) -> Self {
         Shell {
-            client,
+            daemon,
             selected: 0,
             debug,
             set_debug,
+            confirm: Duration::from_secs(2),
         }
+    }
+
+    fn reader(&self, id: u32) -> Option<ReaderStatus> {
+        self.daemon.readers().into_iter().nth(id as usize)
     }
 
     /// Runs one command; returns false on `exit`.
     pub fn execute(&mut self, cmd: Command, out: &mut impl Write) -> io::Result<bool> {
         match cmd {
-            Command::Insert(id) | Command::Remove(id) if id.unwrap_or(self.selected) != 0 => {
+            Command::Insert(id) | Command::Remove(id)
+                if self.reader(id.unwrap_or(self.selected)).is_none() =>
+            {
                 writeln!(out, "no reader with id {}", id.unwrap_or(self.selected))?;
             }
-            Command::Insert(_) => {
-                self.client.insert();
-                let ok = self
-                    .client
-                    .wait_for(Duration::from_secs(2), |s| s.card_inserted);
-                let st = self.client.status();
-                let result = if ok {
-                    "inserted".to_string()
-                } else if !st.connected {
-                    "not connected; inserted as soon as QEMU is reachable".to_string()
-                } else {
-                    st.last_error.unwrap_or_else(|| "pending".to_string())
+            Command::Insert(id) => {
+                let Some(r) = self.reader(id.unwrap_or(self.selected)) else {
+                    return Ok(true);
                 };
-                writeln!(out, "insert {}, returned {result}", self.client.endpoint())?;
+                let result = match self.daemon.insert(&r.name) {
+                    Err(e) => e.to_string(),
+                    Ok(()) => {
+                        let seen = self
+                            .daemon
+                            .wait_for(&r.name, self.confirm, |s| s.peer_sees_card);
+                        match self.daemon.reader(&r.name) {
+                            _ if seen => "inserted".to_string(),
+                            Some(s) if s.connection != Connection::Connected => {
+                                "not connected; inserted as soon as QEMU is reachable".into()
+                            }
+                            Some(ReaderStatus {
+                                last_error: Some(e),
+                                ..
+                            }) => e,
+                            _ => "pending".to_string(),
+                        }
+                    }
+                };
+                writeln!(out, "insert {}, returned {result}", r.name)?;
             }
-            Command::Remove(_) => {
-                self.client.remove();
-                let ok = self
-                    .client
-                    .wait_for(Duration::from_secs(2), |s| !s.card_inserted);
-                let result = if ok { "removed" } else { "pending" };
-                writeln!(out, "remove {}, returned {result}", self.client.endpoint())?;
+            Command::Remove(id) => {
+                let Some(r) = self.reader(id.unwrap_or(self.selected)) else {
+                    return Ok(true);
+                };
+                let result = match self.daemon.remove(&r.name) {
+                    Err(e) => e.to_string(),
+                    Ok(()) => {
+                        let gone = self
+                            .daemon
+                            .wait_for(&r.name, self.confirm, |s| !s.peer_sees_card);
+                        if gone { "removed" } else { "pending" }.to_string()
+                    }
+                };
+                writeln!(out, "remove {}, returned {result}", r.name)?;
             }
             Command::Select(id) => {
-                if id == 0 {
+                if self.reader(id).is_some() {
                     self.selected = id;
                     writeln!(out, "Selecting reader {id}")?;
                 } else {
@@ -453,20 +490,26 @@ impl<'a> Shell<'a> {
                 }
             }
             Command::List => {
-                let st = self.client.status();
+                let readers = self.daemon.readers();
+                let line = |id: usize, r: &ReaderStatus, why: &str| {
+                    let card = if r.inserted { "CARD_PRESENT" } else { "" };
+                    format!("  {id};{card};{} ({}{why})", r.name, r.presentation)
+                };
                 writeln!(out, "Active Readers:")?;
-                if st.reader_added {
-                    let card = if st.card_inserted { "CARD_PRESENT" } else { "" };
-                    writeln!(out, "  0;{card};virtcard ({})", self.client.endpoint())?;
+                for (id, r) in readers.iter().enumerate() {
+                    if r.connection == Connection::Connected {
+                        writeln!(out, "{}", line(id, r, ""))?;
+                    }
                 }
                 writeln!(out, "Inactive Readers:")?;
-                if !st.reader_added {
-                    let why = if st.connected {
-                        "handshake in progress"
-                    } else {
-                        "not connected"
-                    };
-                    writeln!(out, "  -;;virtcard ({}, {why})", self.client.endpoint())?;
+                for (id, r) in readers.iter().enumerate() {
+                    if r.connection != Connection::Connected {
+                        let why = match &r.last_error {
+                            Some(e) => format!(", not connected: {e}"),
+                            None => ", not connected".to_string(),
+                        };
+                        writeln!(out, "{}", line(id, r, &why))?;
+                    }
                 }
             }
             Command::Debug(level) => {
@@ -481,6 +524,21 @@ impl<'a> Shell<'a> {
             Command::Nothing => {}
         }
         Ok(true)
+    }
+}
+
+/// Where a card named later (`virtcard ctl swap --sample`) keeps its state.
+fn state_dir() -> PathBuf {
+    match virtcard_daemon::state_home() {
+        Ok(d) => d,
+        Err(e) => {
+            let d = std::env::temp_dir().join("virtcard");
+            tracing::warn!(
+                "{e}; cards opened later keep their state in {}",
+                d.display()
+            );
+            d
+        }
     }
 }
 
@@ -533,17 +591,35 @@ pub fn run(
         host: args.host.clone(),
         port: args.port,
     };
-    let mut config = ClientConfig::new(endpoint);
-    config.reader_name = reader_name;
-    let (client, hot) = match card {
-        Serve::Card(card) => (
-            Arc::new(spawn(config, card).context("cannot start the VSCard client")?),
-            None,
+    // One reader in a daemon: the shell, `virtcard ctl` (with --control)
+    // and the token or card followers all act through the daemon.
+    let daemon = Daemon::new(Options::new(state_dir()));
+    let server = match &args.control {
+        Some(path) => Some(
+            ControlServer::bind(path, daemon.clone())
+                .with_context(|| format!("cannot serve the control socket {}", path.display()))?,
         ),
-        Serve::Hot(source) => {
-            let h = hotplug::HotClient::start(config, source)
-                .context("cannot start the VSCard client")?;
-            (h.client.clone(), Some(h))
+        None => None,
+    };
+    let reader = name_from(&reader_name);
+    let spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint));
+    let (card, source) = match card {
+        Serve::Card(card) => (Some(card), None),
+        Serve::Hot(source) => (None, Some(source)),
+    };
+    let started = daemon
+        .add_reader_with_card(spec, card)
+        .context("cannot start the VSCard client")
+        .and_then(|()| {
+            source
+                .map(|s| hotplug::follow(&daemon, &reader, s))
+                .transpose()
+        });
+    let follower = match started {
+        Ok(f) => f,
+        Err(e) => {
+            daemon.shutdown();
+            return Err(e);
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -568,7 +644,7 @@ pub fn run(
         })
         .context("cannot start the stdin reader")?;
 
-    let mut shell = Shell::new(&client, args.debug, set_debug);
+    let mut shell = Shell::new(&daemon, args.debug, set_debug);
     let mut out = io::stdout();
     let prompt = |out: &mut io::Stdout| {
         let _ = write!(out, "> ");
@@ -592,16 +668,13 @@ pub fn run(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => stdin_open = false,
         }
     }
-    match hot {
-        Some(h) => {
-            drop(client);
-            h.shutdown();
-        }
-        None => {
-            if let Ok(c) = Arc::try_unwrap(client) {
-                c.shutdown();
-            }
-        }
+    if let Some(f) = follower {
+        f.shutdown();
+    }
+    // The daemon first, so that `ctl events` streams still carry the removals.
+    daemon.shutdown();
+    if let Some(s) = server {
+        s.shutdown();
     }
     Ok(())
 }
