@@ -8,5 +8,6 @@ pub mod hotplug;
 pub mod qemu;
 pub mod relay;
 pub mod run;
+pub mod serve;
 pub mod vpcd;
 pub mod vscclient;

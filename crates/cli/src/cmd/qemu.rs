@@ -8,17 +8,14 @@
 //! the guest.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use virtcard_daemon::{Daemon, Options, Presentation, ReaderSpec};
+use virtcard_daemon::{Options, Presentation, ReaderSpec};
 use virtcard_runtime::Card;
 use virtcard_transport::vscard::Endpoint;
 
-use super::hotplug::{follow, Follower, Source};
-use crate::cards;
+use super::hotplug::Source;
+use super::serve::{self, ControlArgs, Serving};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -60,9 +57,12 @@ pub struct Args {
     /// Start with the card(s) out of the reader.
     #[arg(long)]
     pub removed: bool,
-    /// Reader name sent to QEMU (only QEMU's debug output shows it).
+    /// Reader name sent to QEMU (only QEMU's debug output shows it) and
+    /// used by `virtcard ctl`; further VMs get NAME-2, NAME-3, …
     #[arg(long, default_value = "virtcard")]
     pub reader_name: String,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// Parses `HOST:PORT`, `[V6]:PORT` or `unix:PATH`.
@@ -151,23 +151,6 @@ pub fn targets(args: &Args) -> Result<Vec<(Endpoint, Target)>> {
     Ok(out)
 }
 
-/// The running connections: one daemon reader per target, and a follower
-/// for each passthru target.
-pub struct Running {
-    pub daemon: Daemon,
-    followers: Vec<Follower>,
-}
-
-impl Running {
-    /// Stops following, then removes every card and reader from QEMU.
-    pub fn shutdown(self) {
-        for f in self.followers {
-            f.shutdown();
-        }
-        self.daemon.shutdown();
-    }
-}
-
 /// The daemon reader name of the `index`th target: the name given, then
 /// NAME-2, NAME-3, … (QEMU sees it only in its debug output).
 fn reader_name(base: &str, index: usize) -> String {
@@ -184,8 +167,9 @@ pub fn start(
     targets: Vec<(Endpoint, Target)>,
     inserted: bool,
     name: &str,
+    control: Option<&Path>,
     open: &dyn Fn(&Path) -> Result<Box<dyn Card>>,
-) -> Result<Running> {
+) -> Result<Serving> {
     let mut cards = Vec::new();
     for (endpoint, target) in &targets {
         cards.push(match target {
@@ -206,48 +190,40 @@ pub fn start(
             }
         });
     }
-    let daemon = Daemon::new(Options::new(cards::state_home().unwrap_or_default()));
-    let mut running = Running {
-        daemon: daemon.clone(),
-        followers: Vec::new(),
-    };
+    let mut serving = Serving::start(Options::new(serve::default_state_dir()), control)?;
     for (i, ((endpoint, target), card)) in targets.into_iter().zip(cards).enumerate() {
         let reader = reader_name(name, i);
         let mut spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint.clone()));
         spec.inserted = inserted;
-        let added = daemon
+        let added = serving
+            .daemon
             .add_reader_with_card(spec, card)
             .with_context(|| format!("cannot start the client for {endpoint}"))
             .and_then(|()| match target {
-                Target::Passthru(r) => {
-                    running
-                        .followers
-                        .push(follow(&daemon, &reader, Source::Readers(r))?);
-                    Ok(())
-                }
+                Target::Passthru(r) => serving.follow(&reader, Source::Readers(r)),
                 Target::Card(_) => Ok(()),
             });
         if let Err(e) = added {
-            running.shutdown();
+            serving.shutdown();
             return Err(e);
         }
     }
-    Ok(running)
+    Ok(serving)
 }
 
 /// Runs until SIGINT or SIGTERM, then removes every card and reader.
 pub fn run(args: Args, open: impl Fn(&Path) -> Result<Box<dyn Card>>) -> Result<()> {
     let targets = targets(&args)?;
-    let running = start(targets, !args.removed, &args.reader_name, &open)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
-    }
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let serving = start(
+        targets,
+        !args.removed,
+        &args.reader_name,
+        args.control.control.as_deref(),
+        &open,
+    )?;
+    serving.wait();
     tracing::info!("shutting down: removing the card(s) from the guest");
-    running.shutdown();
+    serving.shutdown();
     Ok(())
 }
 

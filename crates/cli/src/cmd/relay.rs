@@ -2,14 +2,14 @@
 //! reader slot, with an APDU log, rewrite rules and an external filter
 //! between the host and the card.
 
+use super::serve::{self, ControlArgs, Serving};
 use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use virtcard_daemon::{Options, Presentation, ReaderSpec};
 use virtcard_relay::{ApduLog, Chain, Filter, Mitm, ReaderSelector, RelayCard, Rules, Watcher};
-use virtcard_transport::vpcd::{Mode, Timing, VpcdReader, DEFAULT_PORT};
+use virtcard_transport::vpcd::{Mode, DEFAULT_PORT};
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct MitmArgs {
@@ -58,6 +58,8 @@ pub struct Args {
     pub slot: u16,
     #[command(flatten)]
     pub mitm: MitmArgs,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 /// The hooks the arguments ask for. The log and the rules live across card
@@ -146,33 +148,42 @@ pub fn run(args: Args) -> Result<()> {
         .parse()
         .map_err(|_| anyhow!("--host {}: give an IPv4 address", args.host))?;
     let hooks = Hooks::new(&args.mitm)?;
-    let reader = Arc::new(
-        VpcdReader::spawn(Mode::Connect(addr), Timing::default(), None)
-            .with_context(|| format!("cannot reach vpcd at {addr}"))?,
-    );
-    let (r_in, r_out) = (reader.clone(), reader.clone());
     let sel = ReaderSelector::parse(&args.reader);
+    let serving = Serving::start(
+        Options::new(serve::default_state_dir()),
+        args.control.control.as_deref(),
+    )?;
+    let spec = ReaderSpec::new("relay", Presentation::Vpcd(Mode::Connect(addr)));
+    if let Err(e) = serving.daemon.add_reader_with_card(spec, None) {
+        serving.shutdown();
+        return Err(e).with_context(|| format!("cannot serve vpcd at {addr}"));
+    }
     tracing::info!("relaying the card in {sel} to vpcd at {addr}");
+    let (d_in, d_out) = (serving.daemon.clone(), serving.daemon.clone());
     let watcher = Watcher::spawn(
         sel,
         move || hooks.chain(),
         move |card| {
-            r_in.insert(Box::new(card));
+            let card: Box<dyn virtcard_runtime::Card> = Box::new(card);
+            if let Err(e) = d_in.swap("relay", card) {
+                tracing::warn!("card not inserted: {e}");
+            }
         },
         move || {
-            r_out.remove();
+            if let Err(e) = d_out.eject("relay") {
+                tracing::debug!("nothing to eject: {e}");
+            }
         },
-    )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
-    }
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    );
+    let watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            serving.shutdown();
+            return Err(e.into());
+        }
+    };
+    serving.wait();
     watcher.shutdown();
-    if let Ok(r) = Arc::try_unwrap(reader) {
-        r.shutdown();
-    }
+    serving.shutdown();
     Ok(())
 }

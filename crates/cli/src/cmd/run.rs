@@ -1,13 +1,10 @@
 //! `virtcard run`: every reader and card of a configuration file served by
 //! one process, controlled at run time through a Unix socket (`virtcard ctl`).
 
-use anyhow::{Context, Result};
+use super::serve::Serving;
+use anyhow::Result;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use virtcard_daemon::control::ControlServer;
-use virtcard_daemon::{Config, Daemon, Locations, Options};
+use virtcard_daemon::{Config, Locations, Options};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Default places:\n  \
@@ -71,17 +68,12 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
-    }
-    let daemon = Daemon::new(Options::new(&config.state_dir));
-    // The socket comes first: a second daemon on the same configuration must
-    // fail before it touches any reader of the first.
-    let server = ControlServer::bind(&config.control_socket, daemon.clone())?;
-    if let Err(e) = daemon.add_readers(&config.readers) {
-        server.shutdown();
-        daemon.shutdown();
+    let serving = Serving::start(
+        Options::new(&config.state_dir),
+        Some(&config.control_socket),
+    )?;
+    if let Err(e) = serving.daemon.add_readers(&config.readers) {
+        serving.shutdown();
         return Err(e.into());
     }
     tracing::info!(
@@ -89,13 +81,8 @@ pub fn run(args: Args) -> Result<()> {
         socket = %config.control_socket.display(),
         "virtcard running"
     );
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    serving.wait();
     tracing::info!("shutting down: removing every card and reader");
-    // The daemon first, so that `ctl events` streams still carry the
-    // removals; its end of the event bus then closes them.
-    daemon.shutdown();
-    server.shutdown();
+    serving.shutdown();
     Ok(())
 }

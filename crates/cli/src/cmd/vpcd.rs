@@ -1,16 +1,15 @@
 //! `virtcard vpcd`: one card in one vpcd reader slot, until interrupted.
 
+use super::serve::{self, ControlArgs, Serving};
 use crate::cards::{self, CardArgs};
 use anyhow::{anyhow, Context, Result};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use virtcard_transport::vpcd::{Mode, Timing, VpcdReader, DEFAULT_PORT};
+use virtcard_daemon::{Options, Presentation, ReaderSpec};
+use virtcard_transport::vpcd::{Mode, DEFAULT_PORT};
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  virtcard vpcd                          sample card in 'Virtual PCD 00 00' (port 35963)\n  virtcard vpcd --slot 1 --card DIR       a provisioned card directory in 'Virtual PCD 00 01'\n  virtcard vpcd --listen 35963            reversed mode: vpcd (DEVICENAME 127.0.0.1:35963) connects to us\n\nThe card stays inserted while virtcard runs; if pcscd restarts or exits, virtcard reconnects by itself."
+    after_help = "Examples:\n  virtcard vpcd                          sample card in 'Virtual PCD 00 00' (port 35963)\n  virtcard vpcd --slot 1 --card DIR       a provisioned card directory in 'Virtual PCD 00 01'\n  virtcard vpcd --listen 35963            reversed mode: vpcd (DEVICENAME 127.0.0.1:35963) connects to us\n  virtcard vpcd --control /tmp/v.sock     and take the card out with: virtcard ctl --socket /tmp/v.sock remove virtcard\n\nThe card stays inserted while virtcard runs; if pcscd restarts or exits, virtcard reconnects by itself."
 )]
 pub struct Args {
     /// Host where vpcd listens.
@@ -27,6 +26,8 @@ pub struct Args {
     listen: Option<String>,
     #[command(flatten)]
     card: CardArgs,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
@@ -66,20 +67,21 @@ pub fn run(args: Args) -> Result<()> {
     let card = cards::open(&args.card)?;
     let kind = card.kind().to_string();
     let atr: String = card.atr().iter().map(|b| format!("{b:02X}")).collect();
-    let reader = VpcdReader::spawn(mode, Timing::default(), Some(card))
-        .with_context(|| format!("cannot start the vpcd reader ({mode:?})"))?;
+    let serving = Serving::start(
+        Options::new(serve::default_state_dir()),
+        args.control.control.as_deref(),
+    )?;
+    let spec = ReaderSpec::new("virtcard", Presentation::Vpcd(mode));
+    if let Err(e) = serving.daemon.add_reader_with_card(spec, Some(card)) {
+        serving.shutdown();
+        return Err(e).with_context(|| format!("cannot start the vpcd reader ({mode:?})"));
+    }
     match mode {
         Mode::Connect(a) => tracing::info!(card = %kind, %atr, "serving the card to vpcd at {a}"),
         Mode::Listen(a) => tracing::info!(card = %kind, %atr, "waiting for vpcd to connect on {a}"),
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
-    }
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    serving.wait();
     tracing::info!("shutting down: removing the card from the reader");
-    reader.shutdown();
+    serving.shutdown();
     Ok(())
 }

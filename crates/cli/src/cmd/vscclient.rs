@@ -14,13 +14,11 @@
 
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::hotplug;
+use super::serve::{self, ControlArgs, Serving};
 use anyhow::{bail, Context, Result};
-use virtcard_daemon::control::ControlServer;
 use virtcard_daemon::{
     name_from, Connection, Daemon, Options, Presentation, ReaderSpec, ReaderStatus,
 };
@@ -57,11 +55,10 @@ pub struct Args {
     /// default: the modules registered in the NSS database (`modutil -add`).
     #[arg(long = "pkcs11-module", value_name = "PATH")]
     pub pkcs11_modules: Vec<PathBuf>,
-    /// Also serve `virtcard ctl --socket PATH` (list, insert, remove, swap,
-    /// eject, events) on this Unix socket; the stdin commands are the same
-    /// operations.
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
+    /// `--control PATH`: `virtcard ctl` on the same operations as the
+    /// stdin commands.
+    #[command(flatten)]
+    pub control: ControlArgs,
     /// Host of QEMU's chardev socket.
     pub host: String,
     /// Port of QEMU's chardev socket.
@@ -527,21 +524,6 @@ impl<'a> Shell<'a> {
     }
 }
 
-/// Where a card named later (`virtcard ctl swap --sample`) keeps its state.
-fn state_dir() -> PathBuf {
-    match virtcard_daemon::state_home() {
-        Ok(d) => d,
-        Err(e) => {
-            let d = std::env::temp_dir().join("virtcard");
-            tracing::warn!(
-                "{e}; cards opened later keep their state in {}",
-                d.display()
-            );
-            d
-        }
-    }
-}
-
 /// Runs the client and the stdin shell. On end of input the client keeps
 /// serving until SIGINT/SIGTERM, so vscclient can run without a terminal.
 pub fn run(
@@ -593,38 +575,27 @@ pub fn run(
     };
     // One reader in a daemon: the shell, `virtcard ctl` (with --control)
     // and the token or card followers all act through the daemon.
-    let daemon = Daemon::new(Options::new(state_dir()));
-    let server = match &args.control {
-        Some(path) => Some(
-            ControlServer::bind(path, daemon.clone())
-                .with_context(|| format!("cannot serve the control socket {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let mut serving = Serving::start(
+        Options::new(serve::default_state_dir()),
+        args.control.control.as_deref(),
+    )?;
     let reader = name_from(&reader_name);
     let spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint));
     let (card, source) = match card {
         Serve::Card(card) => (Some(card), None),
         Serve::Hot(source) => (None, Some(source)),
     };
-    let started = daemon
+    let started = serving
+        .daemon
         .add_reader_with_card(spec, card)
         .context("cannot start the VSCard client")
-        .and_then(|()| {
-            source
-                .map(|s| hotplug::follow(&daemon, &reader, s))
-                .transpose()
+        .and_then(|()| match source {
+            Some(s) => serving.follow(&reader, s),
+            None => Ok(()),
         });
-    let follower = match started {
-        Ok(f) => f,
-        Err(e) => {
-            daemon.shutdown();
-            return Err(e);
-        }
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
+    if let Err(e) = started {
+        serving.shutdown();
+        return Err(e);
     }
 
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -644,7 +615,7 @@ pub fn run(
         })
         .context("cannot start the stdin reader")?;
 
-    let mut shell = Shell::new(&daemon, args.debug, set_debug);
+    let mut shell = Shell::new(&serving.daemon, args.debug, set_debug);
     let mut out = io::stdout();
     let prompt = |out: &mut io::Stdout| {
         let _ = write!(out, "> ");
@@ -652,7 +623,7 @@ pub fn run(
     };
     prompt(&mut out);
     let mut stdin_open = true;
-    while !stop.load(Ordering::Relaxed) {
+    while !serving.stopping() {
         if !stdin_open {
             std::thread::sleep(Duration::from_millis(100));
             continue;
@@ -668,14 +639,7 @@ pub fn run(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => stdin_open = false,
         }
     }
-    if let Some(f) = follower {
-        f.shutdown();
-    }
-    // The daemon first, so that `ctl events` streams still carry the removals.
-    daemon.shutdown();
-    if let Some(s) = server {
-        s.shutdown();
-    }
+    serving.shutdown();
     Ok(())
 }
 

@@ -1,12 +1,15 @@
-//! The stdin shell of `virtcard vscclient` and `virtcard ctl` on its
-//! control socket act on one daemon: what either does, the other lists, the
-//! simulated QEMU receives, and `virtcard ctl events` reports.
+//! The one-card commands under `virtcard ctl` (`--control`): the stdin
+//! shell of `virtcard vscclient` and `virtcard ctl` act on one daemon (what
+//! either does, the other lists, the simulated QEMU receives, and `virtcard
+//! ctl events` reports), and `virtcard vpcd`'s card goes out and comes back
+//! as a real pcscd and opensc-tool see it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+use virtcard_testkit::{PcscClient, Pcscd};
 use virtcard_transport::vscard::sim::{QemuSim, SimOptions};
 use virtcard_transport::vscard::MsgType;
 
@@ -243,4 +246,67 @@ fn shell_and_ctl_share_one_daemon() {
     assert!(status.success());
     assert_eq!(received(&sim, MsgType::ReaderRemove), reader_removes + 1);
     assert!(!socket.exists(), "the control socket is removed on exit");
+}
+
+/// A process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn presence(slot: u16, present: bool) {
+    PcscClient::new(&Pcscd::reader_name(slot))
+        .expect("PC/SC")
+        .wait_presence(present, WAIT)
+        .unwrap_or_else(|e| panic!("slot {slot}: {e}"));
+}
+
+#[test]
+fn vpcd_card_taken_out_and_put_back_over_the_control_socket() {
+    let pcscd = virtcard_testkit::shared().expect("pcscd");
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("vpcd.sock");
+    let _vpcd = Proc(
+        bin()
+            .args(["vpcd", "--port", &pcscd.port(0).to_string(), "--control"])
+            .arg(&socket)
+            .env("XDG_STATE_HOME", tmp.path())
+            .spawn()
+            .expect("virtcard vpcd starts"),
+    );
+    presence(0, true);
+    let opensc_atr = || {
+        let out = pcscd
+            .command("opensc-tool")
+            .args(["--reader", "0", "--atr"])
+            .output()
+            .expect("opensc-tool runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_uppercase(),
+        )
+    };
+    let (ok, atr) = opensc_atr();
+    assert!(ok, "opensc-tool reads the ATR: {atr}");
+    let json = ctl_ok(&socket, &["list", "--json"]);
+    assert!(json.contains("\"name\": \"virtcard\""), "{json}");
+    assert!(
+        json.contains(&format!("vpcd connect 127.0.0.1:{}", pcscd.port(0))),
+        "{json}"
+    );
+
+    ctl_ok(&socket, &["remove", "virtcard"]);
+    presence(0, false);
+    assert!(!opensc_atr().0, "no card for opensc-tool");
+    let (ok, text) = ctl(&socket, &["remove", "virtcard"]);
+    assert!(!ok && text.contains("has no card inserted"), "{text}");
+
+    ctl_ok(&socket, &["insert", "virtcard"]);
+    presence(0, true);
+    let (ok, again) = opensc_atr();
+    assert!(ok && again == atr, "the same card is back: {again}");
 }
