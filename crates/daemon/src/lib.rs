@@ -11,9 +11,9 @@
 //! | `vreader_new` + `vreader_add_reader` | [`Daemon::add_reader`] |
 //! | `vreader_remove_reader` | [`Daemon::remove_reader`] |
 //! | `vreader_insert_card(reader, card)` | [`Daemon::insert_new`], [`Daemon::swap`] |
-//! | `vreader_insert_card(reader, NULL)` | [`Daemon::remove`] (and [`Daemon::insert`] to put it back) |
+//! | `vreader_insert_card(reader, NULL)` | [`Daemon::remove`] (and [`Daemon::insert`] to put it back), or [`Daemon::eject`] to let go of the card |
 //! | `vreader_get_reader_list` | [`Daemon::readers`] |
-//! | `vevent_wait_next_vevent` | [`Daemon::subscribe`] → [`Events`] |
+//! | `vevent_wait_next_vevent` | [`Daemon::subscribe`] → [`Events`] (connection changes included, as they happen) |
 //! | `vcard_emul_init` options | [`Config`] (a TOML file) |
 //!
 //! Cards come from a [`CardSource`] (card directory, ISO 7816 description
