@@ -430,53 +430,53 @@ impl<'a> Shell<'a> {
         self.daemon.readers().into_iter().nth(id as usize)
     }
 
+    /// Puts the reader's card back in; says whether the guest saw it.
+    fn insert(&self, name: &str) -> String {
+        if let Err(e) = self.daemon.insert(name) {
+            return e.to_string();
+        }
+        let seen = self
+            .daemon
+            .wait_for(name, self.confirm, |s| s.peer_sees_card);
+        match self.daemon.reader(name) {
+            _ if seen => "inserted".to_string(),
+            Some(s) if s.connection != Connection::Connected => {
+                "not connected; inserted as soon as QEMU is reachable".into()
+            }
+            Some(ReaderStatus {
+                last_error: Some(e),
+                ..
+            }) => e,
+            _ => "pending".to_string(),
+        }
+    }
+
+    /// Takes the reader's card out; says whether the guest saw it go.
+    fn remove(&self, name: &str) -> String {
+        if let Err(e) = self.daemon.remove(name) {
+            return e.to_string();
+        }
+        let gone = self
+            .daemon
+            .wait_for(name, self.confirm, |s| !s.peer_sees_card);
+        if gone { "removed" } else { "pending" }.to_string()
+    }
+
     /// Runs one command; returns false on `exit`.
     pub fn execute(&mut self, cmd: Command, out: &mut impl Write) -> io::Result<bool> {
         match cmd {
-            Command::Insert(id) | Command::Remove(id)
-                if self.reader(id.unwrap_or(self.selected)).is_none() =>
-            {
-                writeln!(out, "no reader with id {}", id.unwrap_or(self.selected))?;
-            }
-            Command::Insert(id) => {
-                let Some(r) = self.reader(id.unwrap_or(self.selected)) else {
+            Command::Insert(id) | Command::Remove(id) => {
+                let id = id.unwrap_or(self.selected);
+                let Some(r) = self.reader(id) else {
+                    writeln!(out, "no reader with id {id}")?;
                     return Ok(true);
                 };
-                let result = match self.daemon.insert(&r.name) {
-                    Err(e) => e.to_string(),
-                    Ok(()) => {
-                        let seen = self
-                            .daemon
-                            .wait_for(&r.name, self.confirm, |s| s.peer_sees_card);
-                        match self.daemon.reader(&r.name) {
-                            _ if seen => "inserted".to_string(),
-                            Some(s) if s.connection != Connection::Connected => {
-                                "not connected; inserted as soon as QEMU is reachable".into()
-                            }
-                            Some(ReaderStatus {
-                                last_error: Some(e),
-                                ..
-                            }) => e,
-                            _ => "pending".to_string(),
-                        }
-                    }
+                let (op, result) = if matches!(cmd, Command::Insert(_)) {
+                    ("insert", self.insert(&r.name))
+                } else {
+                    ("remove", self.remove(&r.name))
                 };
-                writeln!(out, "insert {}, returned {result}", r.name)?;
-            }
-            Command::Remove(id) => {
-                let Some(r) = self.reader(id.unwrap_or(self.selected)) else {
-                    return Ok(true);
-                };
-                let result = match self.daemon.remove(&r.name) {
-                    Err(e) => e.to_string(),
-                    Ok(()) => {
-                        let gone = self
-                            .daemon
-                            .wait_for(&r.name, self.confirm, |s| !s.peer_sees_card);
-                        if gone { "removed" } else { "pending" }.to_string()
-                    }
-                };
-                writeln!(out, "remove {}, returned {result}", r.name)?;
+                writeln!(out, "{op} {}, returned {result}", r.name)?;
             }
             Command::Select(id) => {
                 if self.reader(id).is_some() {
