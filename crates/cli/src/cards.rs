@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
-use virtcard_daemon::CardSource;
+use virtcard_daemon::{CardSource, Daemon, OpenedCard, ReaderSpec};
 use virtcard_runtime::Card;
 
 pub use virtcard_daemon::card::{CARD_FILE, STATE_FILE};
@@ -48,9 +48,43 @@ pub fn source(args: &CardArgs) -> Result<CardSource> {
     })
 }
 
+/// An opened card, with where it came from when that was a card file or
+/// the sample: a daemon then claims its state file, so that no second
+/// reader (say, one added with `virtcard ctl add-reader`) writes it too.
+pub struct Opened {
+    pub card: Box<dyn Card>,
+    pub from: Option<(CardSource, PathBuf)>,
+}
+
+impl Opened {
+    /// A card made some other way (a relayed card, an NSS database).
+    pub fn made(card: Box<dyn Card>) -> Opened {
+        Opened { card, from: None }
+    }
+
+    /// Puts the card into a new reader of `daemon`.
+    pub fn add_to(
+        self,
+        daemon: &Daemon,
+        spec: ReaderSpec,
+    ) -> std::result::Result<(), virtcard_daemon::Error> {
+        match self.from {
+            Some((source, state)) => daemon.add_reader_opened(
+                spec,
+                OpenedCard {
+                    card: self.card,
+                    state,
+                },
+                &source,
+            ),
+            None => daemon.add_reader_with_card(spec, Some(self.card)),
+        }
+    }
+}
+
 /// Opens the card the arguments name, wrapped so that its state is saved
 /// before every response that changed it and its APDUs are traced.
-pub fn open(args: &CardArgs) -> Result<Box<dyn Card>> {
+pub fn open(args: &CardArgs) -> Result<Opened> {
     if let Some(reader) = args
         .card
         .as_deref()
@@ -58,7 +92,9 @@ pub fn open(args: &CardArgs) -> Result<Box<dyn Card>> {
         .and_then(|p| p.strip_prefix("relay:"))
     {
         let card = crate::cmd::relay::open_card(reader)?;
-        return Ok(Box::new(virtcard_runtime::Traced::new(card, "relay")));
+        return Ok(Opened::made(Box::new(virtcard_runtime::Traced::new(
+            card, "relay",
+        ))));
     }
     let src = source(args)?;
     // Only description and sample cards without --state need the state home.
@@ -71,11 +107,15 @@ pub fn open(args: &CardArgs) -> Result<Box<dyn Card>> {
     } else {
         PathBuf::new()
     };
-    Ok(src.open(&home)?.card)
+    let opened = src.open(&home)?;
+    Ok(Opened {
+        card: opened.card,
+        from: Some((src, opened.state)),
+    })
 }
 
 /// Opens a card directory or description file, with its default state place.
-pub fn open_path(path: &Path) -> Result<Box<dyn Card>> {
+pub fn open_path(path: &Path) -> Result<Opened> {
     open(&CardArgs {
         card: Some(path.to_path_buf()),
         state: None,

@@ -5,6 +5,7 @@
 //! as a real pcscd and opensc-tool see it.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -157,22 +158,39 @@ fn shell_and_ctl_share_one_daemon() {
 
     // Events from the socket while the shell acts.
     let (tx, rx) = mpsc::channel();
-    let mut events = bin()
-        .arg("ctl")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["events", "--count", "4"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("ctl events");
-    let stdout = events.stdout.take().unwrap();
+    // Spoken directly, so that the subscription is known to be in place
+    // (the reply comes after it) before anything happens.
+    let mut events = UnixStream::connect(&socket).expect("control socket");
+    events.write_all(b"{\"op\":\"events\"}\n").unwrap();
+    let mut lines = BufReader::new(events.try_clone().unwrap()).lines();
+    let reply = lines.next().expect("a reply").unwrap();
+    assert_eq!(reply, "{\"ok\":true}");
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in lines.map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    // Let the subscription reach the daemon before anything happens.
-    std::thread::sleep(Duration::from_millis(300));
+    // A second reader, added over the socket. Its name sorts before the
+    // first one's, yet the shell's ids stay: 0 is still vscclient's reader.
+    let probe_qemu = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe_port = probe_qemu.local_addr().unwrap().port().to_string();
+    ctl_ok(
+        &socket,
+        &[
+            "add-reader",
+            "probe",
+            "--qemu-tcp",
+            &format!("127.0.0.1:{probe_port}"),
+        ],
+    );
+    let first = rx.recv_timeout(WAIT).expect("reader-added event");
+    assert!(
+        first.contains("\"reader-added\"") && first.contains("\"probe\""),
+        "{first}"
+    );
+    let list = vsc.say("list");
+    assert!(list.contains("  0;CARD_PRESENT;virtcard ("), "{list}");
+    assert!(list.contains("  1;;probe (qemu tcp 127.0.0.1:"), "{list}");
 
     // Shell remove: QEMU gets CardRemove, ctl lists the card out.
     let removes = received(&sim, MsgType::CardRemove);
@@ -211,10 +229,19 @@ fn shell_and_ctl_share_one_daemon() {
         "{json}"
     );
 
+    assert!(vsc.say("s 1").contains("Selecting reader 1"));
+    let none = vsc.say("insert");
+    assert!(
+        none.contains("insert probe, returned") && none.contains("holds no card"),
+        "{none}"
+    );
+    ctl_ok(&socket, &["remove-reader", "probe"]);
+    assert_eq!(vsc.say("i 1"), "no reader with id 1\n");
+
     // Every change above, in order, on the event stream (the connection to
     // QEMU stayed up all along).
     let mut got = Vec::new();
-    while got.len() < 4 {
+    while got.len() < 5 {
         match rx.recv_timeout(WAIT) {
             Ok(l) => got.push(l),
             Err(_) => panic!("events so far: {got:#?}"),
@@ -226,11 +253,15 @@ fn shell_and_ctl_share_one_daemon() {
         "{\"event\":\"card-removed\",\"reader\":\"virtcard\"}".to_string(),
     ];
     assert_eq!(got[..3], expected, "{got:#?}");
+    assert_eq!(
+        got[4],
+        "{\"event\":\"reader-removed\",\"reader\":\"probe\"}"
+    );
     assert!(
         got[3].starts_with("{\"event\":\"card-inserted\""),
         "{got:#?}"
     );
-    let _ = events.wait();
+    drop(events);
 
     // exit: QEMU is told the card and the reader are gone.
     let reader_removes = received(&sim, MsgType::ReaderRemove);

@@ -319,7 +319,6 @@ fn loopback_addr(s: &str, v4_only: bool, key: &[&str]) -> Result<SocketAddr, Pro
     Ok(addr)
 }
 
-/// Checks a reader name.
 /// A valid reader name made from `s` (say a PC/SC or libcacard reader name):
 /// every character a name may not hold becomes `-`, and it is cut to 64
 /// characters; `reader` if nothing is left.
@@ -343,6 +342,7 @@ pub fn name_from(s: &str) -> String {
     }
 }
 
+/// Checks a reader name.
 pub fn check_name(name: &str) -> Result<(), Problem> {
     if name.is_empty()
         || name.len() > 64

@@ -141,13 +141,14 @@ pub fn handle(daemon: &Daemon, request: &Request) -> Response {
             card: Some(c),
         } => one(
             reader,
-            card(reader, c).and_then(|s| daemon.insert_new(reader, s)),
+            card(reader, c).and_then(|s| daemon.insert_new(reader, s).map(drop)),
         ),
         Request::Remove { reader } => one(reader, daemon.remove(reader)),
         Request::Eject { reader } => one(reader, daemon.eject(reader)),
-        Request::Swap { reader, card: c } => {
-            one(reader, card(reader, c).and_then(|s| daemon.swap(reader, s)))
-        }
+        Request::Swap { reader, card: c } => one(
+            reader,
+            card(reader, c).and_then(|s| daemon.swap(reader, s).map(drop)),
+        ),
         Request::AddReader { reader } => {
             let r = reader
                 .validate(None)

@@ -52,6 +52,8 @@ pub enum Error {
     Invalid { reader: String, problem: Problem },
     #[error("the daemon is shutting down")]
     Stopped,
+    #[error("reader {0:?} holds another card by now")]
+    OtherCard(String),
 }
 
 /// Tunables; the defaults suit real pcscd and QEMU.
@@ -139,7 +141,14 @@ pub struct ReaderStatus {
 
 struct CardInfo {
     status: CardStatus,
+    id: CardId,
 }
+
+/// Which card a reader got from [`Daemon::swap`] or [`Daemon::insert_new`],
+/// for [`Daemon::eject_card`]: a follower that put a card in takes out that
+/// card only, never one somebody swapped in meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CardId(u64);
 
 enum Transport {
     Vpcd {
@@ -283,6 +292,7 @@ struct Inner {
     claims: Mutex<HashMap<PathBuf, String>>,
     bus: Arc<Bus>,
     stopping: Mutex<bool>,
+    next_card: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -341,6 +351,7 @@ impl Daemon {
                 claims: Mutex::new(HashMap::new()),
                 bus: Arc::new(Bus::default()),
                 stopping: Mutex::new(false),
+                next_card: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -387,6 +398,21 @@ impl Daemon {
     ) -> Result<(), Error> {
         let card = card.map(|c| (c, None, "card given by the application".to_string()));
         self.add_opened(&spec, card)
+    }
+
+    /// Adds one reader with a card the caller opened from `source` (say, with
+    /// options of its own). The card's state file is claimed as for cards
+    /// the daemon opens: no other reader may take the same card.
+    pub fn add_reader_opened(
+        &self,
+        spec: ReaderSpec,
+        card: crate::card::OpenedCard,
+        source: &CardSource,
+    ) -> Result<(), Error> {
+        self.add_opened(
+            &spec,
+            Some((card.card, Some(card.state), source.to_string())),
+        )
     }
 
     fn open_for(&self, spec: &ReaderSpec) -> Result<Option<Opened>, Error> {
@@ -453,6 +479,10 @@ impl Daemon {
 
     fn add_opened(&self, spec: &ReaderSpec, card: Option<Opened>) -> Result<(), Error> {
         self.check_running()?;
+        check_name(&spec.name).map_err(|problem| Error::Invalid {
+            reader: spec.name.clone(),
+            problem,
+        })?;
         let place = spec.presentation.to_string();
         let mut readers = lock(&self.inner.readers);
         if readers.contains_key(&spec.name) {
@@ -466,7 +496,7 @@ impl Daemon {
         }
         let info = card
             .as_ref()
-            .map(|(c, state, source)| card_info(c.as_ref(), state, source));
+            .map(|(c, state, source)| self.card_info(c.as_ref(), state, source));
         if let Some(i) = &info {
             self.claim(&spec.name, &i.status.state)?;
         }
@@ -588,34 +618,39 @@ impl Daemon {
         if r.inserted {
             return Err(Error::AlreadyInserted(name.to_string()));
         }
-        match r.transport.as_mut() {
-            Some(Transport::Vpcd { reader, held }) => match held.take() {
-                Some(card) => {
-                    reader.insert(card);
-                }
+        let card = match r.transport.as_mut() {
+            Some(Transport::Vpcd { held, .. }) => match held.take() {
+                Some(card) => Some(card),
                 None => return Err(Error::NoCard(name.to_string())),
             },
-            Some(Transport::Qemu { client, .. }) => client.insert(),
+            Some(Transport::Qemu { .. }) => None,
             None => return Err(Error::NoReader(name.to_string())),
-        }
+        };
         r.inserted = true;
         self.emit_inserted(name, &r);
+        match (r.transport.as_mut(), card) {
+            (Some(Transport::Vpcd { reader, .. }), Some(card)) => {
+                reader.insert(card);
+            }
+            (Some(Transport::Qemu { client, .. }), _) => client.insert(),
+            _ => {}
+        }
         Ok(())
     }
 
     /// Puts a new card into an empty reader.
-    pub fn insert_new(&self, name: &str, card: impl Into<NewCard>) -> Result<(), Error> {
+    pub fn insert_new(&self, name: &str, card: impl Into<NewCard>) -> Result<CardId, Error> {
         self.place_card(name, card.into(), false)
     }
 
     /// Replaces the reader's card (inserted or not, or none) with a new one,
     /// which ends up inserted. vpcd readers stay empty for a moment in
     /// between so that pcscd notices the exchange.
-    pub fn swap(&self, name: &str, card: impl Into<NewCard>) -> Result<(), Error> {
+    pub fn swap(&self, name: &str, card: impl Into<NewCard>) -> Result<CardId, Error> {
         self.place_card(name, card.into(), true)
     }
 
-    fn place_card(&self, name: &str, card: NewCard, replace: bool) -> Result<(), Error> {
+    fn place_card(&self, name: &str, card: NewCard, replace: bool) -> Result<CardId, Error> {
         let cell = self.cell(name)?;
         if !replace && cell.lock().card.is_some() {
             return Err(Error::Occupied(name.to_string()));
@@ -625,7 +660,8 @@ impl Daemon {
             NewCard::Source(src) => self.open_source(name, &src)?,
             NewCard::Card(c) => (c, None, "card given by the application".to_string()),
         };
-        let info = card_info(card.as_ref(), &state, &source);
+        let info = self.card_info(card.as_ref(), &state, &source);
+        let id = info.id;
         let mut r = cell.lock();
         if !replace && r.card.is_some() {
             return Err(Error::Occupied(name.to_string()));
@@ -640,6 +676,16 @@ impl Daemon {
             self.release(&old);
         }
         let was_inserted = r.inserted;
+        // Events first: the transport's own `connected`/`disconnected` then
+        // follow them.
+        if was_inserted {
+            self.inner.bus.emit(Event::CardRemoved {
+                reader: name.to_string(),
+            });
+        }
+        r.card = Some(info);
+        r.inserted = true;
+        self.emit_inserted(name, &r);
         match r.transport.as_mut() {
             Some(Transport::Vpcd { reader, held }) => {
                 *held = None;
@@ -654,15 +700,7 @@ impl Daemon {
             }
             None => {}
         }
-        if was_inserted {
-            self.inner.bus.emit(Event::CardRemoved {
-                reader: name.to_string(),
-            });
-        }
-        r.card = Some(info);
-        r.inserted = true;
-        self.emit_inserted(name, &r);
-        Ok(())
+        Ok(id)
     }
 
     /// Takes the card out of the reader; the reader keeps it for `insert`.
@@ -672,6 +710,13 @@ impl Daemon {
         if !r.inserted {
             return Err(Error::NotInserted(name.to_string()));
         }
+        if r.transport.is_none() {
+            return Err(Error::NoReader(name.to_string()));
+        }
+        r.inserted = false;
+        self.inner.bus.emit(Event::CardRemoved {
+            reader: name.to_string(),
+        });
         match r.transport.as_mut() {
             Some(Transport::Vpcd { reader, held }) => {
                 let mut card = reader.remove();
@@ -684,12 +729,8 @@ impl Daemon {
                 client.remove();
                 slot.power_off();
             }
-            None => return Err(Error::NoReader(name.to_string())),
+            None => {}
         }
-        r.inserted = false;
-        self.inner.bus.emit(Event::CardRemoved {
-            reader: name.to_string(),
-        });
         Ok(())
     }
 
@@ -697,12 +738,37 @@ impl Daemon {
     /// reader is empty afterwards, ready for [`Daemon::insert_new`]. For a
     /// card that is gone for good, such as a token pulled out of its slot.
     pub fn eject(&self, name: &str) -> Result<(), Error> {
+        self.eject_where(name, None)
+    }
+
+    /// [`Daemon::eject`], if the reader still holds the card `card` (as
+    /// [`Daemon::swap`] or [`Daemon::insert_new`] returned it); refused with
+    /// [`Error::OtherCard`] when another card took its place.
+    pub fn eject_card(&self, name: &str, card: CardId) -> Result<(), Error> {
+        self.eject_where(name, Some(card))
+    }
+
+    fn eject_where(&self, name: &str, only: Option<CardId>) -> Result<(), Error> {
         let cell = self.cell(name)?;
         let mut r = cell.lock();
-        if r.card.is_none() {
+        let Some(current) = r.card.as_ref().map(|c| c.id) else {
             return Err(Error::NoCard(name.to_string()));
+        };
+        if only.is_some_and(|id| id != current) {
+            return Err(Error::OtherCard(name.to_string()));
+        }
+        if r.transport.is_none() {
+            return Err(Error::NoReader(name.to_string()));
         }
         let was_inserted = r.inserted;
+        r.inserted = false;
+        let old = r.card.take();
+        self.release(&old);
+        if was_inserted {
+            self.inner.bus.emit(Event::CardRemoved {
+                reader: name.to_string(),
+            });
+        }
         match r.transport.as_mut() {
             Some(Transport::Vpcd { reader, held }) => {
                 if let Some(mut card) = reader.remove().or_else(|| held.take()) {
@@ -715,15 +781,7 @@ impl Daemon {
                 }
                 slot.clear();
             }
-            None => return Err(Error::NoReader(name.to_string())),
-        }
-        r.inserted = false;
-        let old = r.card.take();
-        self.release(&old);
-        if was_inserted {
-            self.inner.bus.emit(Event::CardRemoved {
-                reader: name.to_string(),
-            });
+            None => {}
         }
         Ok(())
     }
@@ -805,14 +863,21 @@ impl Daemon {
 
 type Opened = (Box<dyn Card>, Option<PathBuf>, String);
 
-fn card_info(card: &dyn Card, state: &Option<PathBuf>, source: &str) -> CardInfo {
-    CardInfo {
-        status: CardStatus {
-            kind: card.kind().to_string(),
-            source: source.to_string(),
-            atr: hex::encode_upper(card.atr()),
-            state: state.clone(),
-        },
+impl Daemon {
+    fn card_info(&self, card: &dyn Card, state: &Option<PathBuf>, source: &str) -> CardInfo {
+        CardInfo {
+            id: CardId(
+                self.inner
+                    .next_card
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ),
+            status: CardStatus {
+                kind: card.kind().to_string(),
+                source: source.to_string(),
+                atr: hex::encode_upper(card.atr()),
+                state: state.clone(),
+            },
+        }
     }
 }
 

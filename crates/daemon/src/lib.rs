@@ -65,5 +65,5 @@ pub use card::{state_home, CardSource, OpenError, OpenedCard};
 pub use config::{
     name_from, Config, ConfigError, Locations, Presentation, Problem, ReaderEntry, ReaderSpec,
 };
-pub use daemon::{CardStatus, Connection, Daemon, Error, NewCard, Options, ReaderStatus};
+pub use daemon::{CardId, CardStatus, Connection, Daemon, Error, NewCard, Options, ReaderStatus};
 pub use events::{Event, Events};

@@ -100,7 +100,10 @@ fn every_vpcd_reconnect_is_reported() {
         assert_eq!(next(&events), disconnected("slot"), "round {round}");
     }
     assert!(started.elapsed() < WAIT);
-    // Taking the card out ends the wish to connect: no further events.
+    // Connected once more; taking the card out ends the connection (and,
+    // in connect mode, the wish to connect): `card-removed` comes first.
+    let (_conn, _) = vpcd.accept().unwrap();
+    assert_eq!(next(&events), connected("slot"));
     daemon.remove("slot").unwrap();
     assert_eq!(
         next(&events),
@@ -108,7 +111,50 @@ fn every_vpcd_reconnect_is_reported() {
             reader: "slot".into()
         }
     );
+    assert_eq!(next(&events), disconnected("slot"));
     assert_eq!(events.recv_timeout(Duration::from_millis(300)), Ok(None));
+    // Ejecting the card held out of the reader lets go of it quietly.
+    daemon.eject("slot").unwrap();
+    assert!(daemon.reader("slot").unwrap().card.is_none());
+    assert!(daemon.insert("slot").is_err());
+    assert_eq!(events.try_recv(), None);
+    daemon.shutdown();
+}
+
+#[test]
+fn ejecting_an_inserted_vpcd_card() {
+    let state = tempfile::tempdir().unwrap();
+    let vpcd = TcpListener::bind("127.0.0.1:0").unwrap();
+    let daemon = Daemon::new(Options::new(state.path()));
+    let events = daemon.subscribe();
+    let mode = Mode::Connect(vpcd.local_addr().unwrap());
+    daemon
+        .add_reader(
+            ReaderSpec::new("slot", Presentation::Vpcd(mode))
+                .with_card(CardSource::Sample { state: None }),
+        )
+        .unwrap();
+    let (_conn, _) = vpcd.accept().unwrap();
+    assert!(matches!(next(&events), Event::ReaderAdded { .. }));
+    assert!(matches!(next(&events), Event::CardInserted { .. }));
+    assert_eq!(next(&events), connected("slot"));
+    daemon.eject("slot").unwrap();
+    assert_eq!(
+        next(&events),
+        Event::CardRemoved {
+            reader: "slot".into()
+        }
+    );
+    assert_eq!(next(&events), disconnected("slot"));
+    let r = daemon.reader("slot").unwrap();
+    assert!(r.card.is_none() && !r.inserted, "{r:?}");
+    // The reader takes a new card.
+    daemon
+        .insert_new("slot", CardSource::Sample { state: None })
+        .unwrap();
+    assert!(matches!(next(&events), Event::CardInserted { .. }));
+    let (_again, _) = vpcd.accept().unwrap();
+    assert_eq!(next(&events), connected("slot"));
     daemon.shutdown();
 }
 
@@ -116,9 +162,15 @@ fn every_vpcd_reconnect_is_reported() {
 fn eject_lets_go_of_the_card() {
     let state = tempfile::tempdir().unwrap();
     let daemon = Daemon::new(Options::new(state.path()));
+    // QEMUs that take the connection and never answer.
+    let (qemu_a, qemu_b) = (
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let port = |l: &TcpListener| l.local_addr().unwrap().port();
     let vm = Presentation::Qemu(Endpoint::Tcp {
         host: "127.0.0.1".into(),
-        port: 1,
+        port: port(&qemu_a),
     });
     let sample = CardSource::Sample {
         state: Some(state.path().join("s.json")),
@@ -139,7 +191,7 @@ fn eject_lets_go_of_the_card() {
     // The card's state file is free again: another reader may take it.
     let other = Presentation::Qemu(Endpoint::Tcp {
         host: "127.0.0.1".into(),
-        port: 2,
+        port: port(&qemu_b),
     });
     daemon
         .add_reader(ReaderSpec::new("b", other).with_card(sample.clone()))
@@ -151,7 +203,7 @@ fn eject_lets_go_of_the_card() {
         events.try_recv(),
         Some(Event::ReaderAdded {
             reader: "b".into(),
-            presentation: "qemu tcp 127.0.0.1:2".into()
+            presentation: format!("qemu tcp 127.0.0.1:{}", port(&qemu_b))
         })
     );
     assert!(matches!(

@@ -13,12 +13,12 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use virtcard_daemon::Daemon;
+use virtcard_daemon::{CardId, Daemon};
 use virtcard_keystore::pkcs11::{
     Module, PinSource, Pkcs11KeyStore, SlotDescription, TokenSelector,
 };
@@ -303,26 +303,47 @@ pub enum Source {
 
 /// Keeps the card of the daemon's reader `reader` in step with `source`,
 /// through the daemon's own operations: a card that arrives is swapped in
-/// (and ends up inserted), one that leaves is ejected. The reader should
-/// start empty.
+/// (and ends up inserted), and when it leaves it is ejected, unless another
+/// card (swapped in with `virtcard ctl`, say) has taken its place.
 pub fn follow(daemon: &Daemon, reader: &str, source: Source) -> Result<Follower> {
-    let (d_put, d_clear) = (daemon.clone(), daemon.clone());
-    let (r_put, r_clear) = (reader.to_string(), reader.to_string());
-    let put = move |card: Box<dyn Card>| {
-        if let Err(e) = d_put.swap(&r_put, card) {
-            tracing::warn!(reader = %r_put, "card not inserted: {e}");
-        }
-    };
-    let clear = move || {
-        // Refused only when the card is gone already (or the daemon stops).
-        if let Err(e) = d_clear.eject(&r_clear) {
-            tracing::debug!(reader = %r_clear, "nothing to eject: {e}");
-        }
-    };
+    let (put, clear) = put_and_clear(daemon, reader);
     match source {
         Source::Tokens { modules, policy } => follow_tokens(modules, policy, put, clear),
         Source::Readers(r) => follow_readers(r.as_deref(), put, clear),
     }
+}
+
+/// What a follower does to `reader` when its card comes and goes.
+pub fn put_and_clear(
+    daemon: &Daemon,
+    reader: &str,
+) -> (
+    impl Fn(Box<dyn Card>) + Send + 'static,
+    impl Fn() + Send + 'static,
+) {
+    let put_in: Arc<Mutex<Option<CardId>>> = Arc::default();
+    let (d_put, d_clear) = (daemon.clone(), daemon.clone());
+    let (r_put, r_clear) = (reader.to_string(), reader.to_string());
+    let ours = put_in.clone();
+    let put = move |card: Box<dyn Card>| match d_put.swap(&r_put, card) {
+        Ok(id) => *lock(&ours) = Some(id),
+        Err(e) => tracing::warn!(reader = %r_put, "card not inserted: {e}"),
+    };
+    let clear = move || {
+        let Some(id) = lock(&put_in).take() else {
+            return;
+        };
+        // Refused when the card is gone already or was replaced (or the
+        // daemon stops): nothing of ours to take out then.
+        if let Err(e) = d_clear.eject_card(&r_clear, id) {
+            tracing::debug!(reader = %r_clear, "card left, nothing to eject: {e}");
+        }
+    };
+    (put, clear)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The PKCS#11 modules an NSS database has registered (`modutil -add`), as
@@ -352,6 +373,48 @@ pub fn parse_pkcs11_txt(text: &str) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtcard_daemon::{CardSource, Options, Presentation, ReaderSpec};
+
+    fn sample() -> Box<dyn Card> {
+        Box::new(Runtime::new(
+            virtcard_cards::iso7816::Iso7816Card::sample().unwrap(),
+        ))
+    }
+
+    #[test]
+    fn a_follower_takes_out_only_the_card_it_put_in() {
+        let state = tempfile::tempdir().unwrap();
+        let daemon = Daemon::new(Options::new(state.path()));
+        // A QEMU that accepts the connection but never answers: the reader
+        // exists, nothing more is needed here.
+        let qemu = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = virtcard_transport::vscard::Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: qemu.local_addr().unwrap().port(),
+        };
+        daemon
+            .add_reader_with_card(ReaderSpec::new("r", Presentation::Qemu(at)), None)
+            .unwrap();
+        let (put, clear) = put_and_clear(&daemon, "r");
+        let source = |r: &str| daemon.reader(r).unwrap().card.map(|c| c.source);
+
+        put(sample());
+        assert!(daemon.reader("r").unwrap().inserted);
+        clear();
+        assert_eq!(source("r"), None, "the follower's card is ejected");
+        clear();
+
+        // Somebody swaps another card in while the follower's is there:
+        // the follower's leaving must not take that one out.
+        put(sample());
+        daemon
+            .swap("r", CardSource::Sample { state: None })
+            .unwrap();
+        clear();
+        assert_eq!(source("r").as_deref(), Some("built-in sample card"));
+        assert!(daemon.reader("r").unwrap().inserted);
+        daemon.shutdown();
+    }
 
     #[test]
     fn modules_of_an_nss_database() {

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use virtcard_daemon::{Options, Presentation, ReaderSpec};
-use virtcard_runtime::Card;
 use virtcard_transport::vscard::Endpoint;
 
 use super::hotplug::Source;
 use super::serve::{self, ControlArgs, Serving};
+use crate::cards::Opened;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -157,7 +157,8 @@ fn reader_name(base: &str, index: usize) -> String {
     let base = virtcard_daemon::name_from(base);
     match index {
         0 => base,
-        i => format!("{base}-{}", i + 1),
+        // Room for the suffix within the 64 characters of a name.
+        i => format!("{}-{}", &base[..base.len().min(56)], i + 1),
     }
 }
 
@@ -168,7 +169,7 @@ pub fn start(
     inserted: bool,
     name: &str,
     control: Option<&Path>,
-    open: &dyn Fn(&Path) -> Result<Box<dyn Card>>,
+    open: &dyn Fn(&Path) -> Result<Opened>,
 ) -> Result<Serving> {
     let mut cards = Vec::new();
     for (endpoint, target) in &targets {
@@ -176,8 +177,8 @@ pub fn start(
             Target::Card(path) => {
                 let card =
                     open(path).with_context(|| format!("cannot open {}", path.display()))?;
-                let atr: String = card.atr().iter().map(|b| format!("{b:02X}")).collect();
-                tracing::info!(card = %card.kind(), %atr, "serving {} to QEMU at {endpoint}", path.display());
+                let atr: String = card.card.atr().iter().map(|b| format!("{b:02X}")).collect();
+                tracing::info!(card = %card.card.kind(), %atr, "serving {} to QEMU at {endpoint}", path.display());
                 Some(card)
             }
             Target::Passthru(Some(r)) => {
@@ -195,14 +196,15 @@ pub fn start(
         let reader = reader_name(name, i);
         let mut spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint.clone()));
         spec.inserted = inserted;
-        let added = serving
-            .daemon
-            .add_reader_with_card(spec, card)
-            .with_context(|| format!("cannot start the client for {endpoint}"))
-            .and_then(|()| match target {
-                Target::Passthru(r) => serving.follow(&reader, Source::Readers(r)),
-                Target::Card(_) => Ok(()),
-            });
+        let added = match card {
+            Some(card) => card.add_to(&serving.daemon, spec),
+            None => serving.daemon.add_reader_with_card(spec, None),
+        }
+        .with_context(|| format!("cannot start the client for {endpoint}"))
+        .and_then(|()| match target {
+            Target::Passthru(r) => serving.follow(&reader, Source::Readers(r)),
+            Target::Card(_) => Ok(()),
+        });
         if let Err(e) = added {
             serving.shutdown();
             return Err(e);
@@ -212,7 +214,7 @@ pub fn start(
 }
 
 /// Runs until SIGINT or SIGTERM, then removes every card and reader.
-pub fn run(args: Args, open: impl Fn(&Path) -> Result<Box<dyn Card>>) -> Result<()> {
+pub fn run(args: Args, open: impl Fn(&Path) -> Result<Opened>) -> Result<()> {
     let targets = targets(&args)?;
     let serving = start(
         targets,

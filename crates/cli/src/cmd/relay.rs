@@ -159,21 +159,12 @@ pub fn run(args: Args) -> Result<()> {
         return Err(e).with_context(|| format!("cannot serve vpcd at {addr}"));
     }
     tracing::info!("relaying the card in {sel} to vpcd at {addr}");
-    let (d_in, d_out) = (serving.daemon.clone(), serving.daemon.clone());
+    let (put, clear) = super::hotplug::put_and_clear(&serving.daemon, "relay");
     let watcher = Watcher::spawn(
         sel,
         move || hooks.chain(),
-        move |card| {
-            let card: Box<dyn virtcard_runtime::Card> = Box::new(card);
-            if let Err(e) = d_in.swap("relay", card) {
-                tracing::warn!("card not inserted: {e}");
-            }
-        },
-        move || {
-            if let Err(e) = d_out.eject("relay") {
-                tracing::debug!("nothing to eject: {e}");
-            }
-        },
+        move |card| put(Box::new(card)),
+        clear,
     );
     let watcher = match watcher {
         Ok(w) => w,

@@ -65,14 +65,14 @@ pub fn run(args: Args) -> Result<()> {
         None => Mode::Connect(resolve(&args.host, port)?),
     };
     let card = cards::open(&args.card)?;
-    let kind = card.kind().to_string();
-    let atr: String = card.atr().iter().map(|b| format!("{b:02X}")).collect();
+    let kind = card.card.kind().to_string();
+    let atr: String = card.card.atr().iter().map(|b| format!("{b:02X}")).collect();
     let serving = Serving::start(
         Options::new(serve::default_state_dir()),
         args.control.control.as_deref(),
     )?;
     let spec = ReaderSpec::new("virtcard", Presentation::Vpcd(mode));
-    if let Err(e) = serving.daemon.add_reader_with_card(spec, Some(card)) {
+    if let Err(e) = card.add_to(&serving.daemon, spec) {
         serving.shutdown();
         return Err(e).with_context(|| format!("cannot start the vpcd reader ({mode:?})"));
     }

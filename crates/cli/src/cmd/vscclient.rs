@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::hotplug;
 use super::serve::{self, ControlArgs, Serving};
+use crate::cards::Opened;
 use anyhow::{bail, Context, Result};
 use virtcard_daemon::{
     name_from, Connection, Daemon, Options, Presentation, ReaderSpec, ReaderStatus,
@@ -404,10 +405,13 @@ fn help(out: &mut impl Write) -> io::Result<()> {
 }
 
 /// The interactive shell. It runs on a [`Daemon`], with the operations
-/// `virtcard ctl` uses; reader ids are positions in the daemon's reader
-/// list (vscclient has one reader, id 0).
+/// `virtcard ctl` uses. Reader ids count from 0 in the order the shell first
+/// saw the readers, and stay (vscclient's own reader is 0; readers added
+/// with `virtcard ctl add-reader` get the next ones).
 pub struct Shell<'a> {
     daemon: &'a Daemon,
+    /// Reader names by id.
+    known: Vec<String>,
     selected: u32,
     debug: u32,
     set_debug: &'a dyn Fn(u32),
@@ -417,17 +421,39 @@ pub struct Shell<'a> {
 
 impl<'a> Shell<'a> {
     pub fn new(daemon: &'a Daemon, debug: u32, set_debug: &'a dyn Fn(u32)) -> Self {
-        Shell {
+        let mut shell = Shell {
             daemon,
+            known: Vec::new(),
             selected: 0,
             debug,
             set_debug,
             confirm: Duration::from_secs(2),
-        }
+        };
+        shell.readers();
+        shell
     }
 
-    fn reader(&self, id: u32) -> Option<ReaderStatus> {
-        self.daemon.readers().into_iter().nth(id as usize)
+    /// The daemon's readers with their ids, in id order.
+    fn readers(&mut self) -> Vec<(usize, ReaderStatus)> {
+        let now = self.daemon.readers();
+        for r in &now {
+            if !self.known.contains(&r.name) {
+                self.known.push(r.name.clone());
+            }
+        }
+        let mut list: Vec<(usize, ReaderStatus)> = now
+            .into_iter()
+            .filter_map(|r| Some((self.known.iter().position(|n| *n == r.name)?, r)))
+            .collect();
+        list.sort_by_key(|(id, _)| *id);
+        list
+    }
+
+    fn reader(&mut self, id: u32) -> Option<ReaderStatus> {
+        self.readers()
+            .into_iter()
+            .find(|(i, _)| *i == id as usize)
+            .map(|(_, r)| r)
     }
 
     /// Puts the reader's card back in; says whether the guest saw it.
@@ -487,19 +513,19 @@ impl<'a> Shell<'a> {
                 }
             }
             Command::List => {
-                let readers = self.daemon.readers();
-                let line = |id: usize, r: &ReaderStatus, why: &str| {
+                let readers = self.readers();
+                let line = |id: &usize, r: &ReaderStatus, why: &str| {
                     let card = if r.inserted { "CARD_PRESENT" } else { "" };
                     format!("  {id};{card};{} ({}{why})", r.name, r.presentation)
                 };
                 writeln!(out, "Active Readers:")?;
-                for (id, r) in readers.iter().enumerate() {
+                for (id, r) in &readers {
                     if r.connection == Connection::Connected {
                         writeln!(out, "{}", line(id, r, ""))?;
                     }
                 }
                 writeln!(out, "Inactive Readers:")?;
-                for (id, r) in readers.iter().enumerate() {
+                for (id, r) in &readers {
                     if r.connection != Connection::Connected {
                         let why = match &r.last_error {
                             Some(e) => format!(", not connected: {e}"),
@@ -528,7 +554,7 @@ impl<'a> Shell<'a> {
 /// serving until SIGINT/SIGTERM, so vscclient can run without a terminal.
 pub fn run(
     args: Args,
-    open: impl Fn(&Path) -> Result<Box<dyn Card>>,
+    open: impl Fn(&Path) -> Result<Opened>,
     set_debug: &dyn Fn(u32),
 ) -> Result<()> {
     let emulation = parse_emulation(&args)?;
@@ -548,7 +574,7 @@ pub fn run(
             );
         }
         reader_name = first.reader.clone();
-        Serve::Card(nss_soft_card(emulation.db(), first)?)
+        Serve::Card(Opened::made(nss_soft_card(emulation.db(), first)?))
     } else if emulation.use_hw != UseHw::No && emulation.hw_type == HwType::Passthru {
         // libcacard's PASSTHRU: the physical card of the first PC/SC reader
         // holding one, relayed APDU by APDU; readers and cards may come later.
@@ -581,18 +607,16 @@ pub fn run(
     )?;
     let reader = name_from(&reader_name);
     let spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint));
-    let (card, source) = match card {
-        Serve::Card(card) => (Some(card), None),
-        Serve::Hot(source) => (None, Some(source)),
+    let started = match card {
+        Serve::Card(card) => card
+            .add_to(&serving.daemon, spec)
+            .context("cannot start the VSCard client"),
+        Serve::Hot(source) => serving
+            .daemon
+            .add_reader_with_card(spec, None)
+            .context("cannot start the VSCard client")
+            .and_then(|()| serving.follow(&reader, source)),
     };
-    let started = serving
-        .daemon
-        .add_reader_with_card(spec, card)
-        .context("cannot start the VSCard client")
-        .and_then(|()| match source {
-            Some(s) => serving.follow(&reader, s),
-            None => Ok(()),
-        });
     if let Err(e) = started {
         serving.shutdown();
         return Err(e);
@@ -645,7 +669,7 @@ pub fn run(
 
 /// What the VSCard connection serves: one card, or cards that come and go.
 enum Serve {
-    Card(Box<dyn Card>),
+    Card(Opened),
     Hot(hotplug::Source),
 }
 

@@ -296,7 +296,9 @@ impl Worker {
         // counts as connected unless that reconnect fails.
         let mut reconnecting_at_once = false;
         'outer: while let Some(generation) = self.wait_for_card() {
-            if !std::mem::take(&mut reconnecting_at_once) {
+            // Unless the slot went idle in between (its card was taken out).
+            let still_connected = self.shared.lock().connection == Connection::Connected;
+            if !(std::mem::take(&mut reconnecting_at_once) && still_connected) {
                 self.set_connection(Connection::Connecting);
             }
             let stream = match self.open(generation) {
