@@ -63,6 +63,10 @@ pub struct ReaderSpec {
     pub card: Option<CardSource>,
     /// Whether that card starts inserted (default) or held out of the reader.
     pub inserted: bool,
+    /// The reader name a QEMU peer is told, when it should differ from
+    /// `name` (say, libcacard's "Virtual Reader"); only QEMU's debug output
+    /// shows it.
+    pub peer_name: Option<String>,
 }
 
 impl ReaderSpec {
@@ -72,6 +76,7 @@ impl ReaderSpec {
             presentation,
             card: None,
             inserted: true,
+            peer_name: None,
         }
     }
 
@@ -509,6 +514,7 @@ impl ReaderEntry {
             presentation,
             card,
             inserted: self.inserted.unwrap_or(true),
+            peer_name: None,
         })
     }
 }

@@ -515,7 +515,7 @@ impl Daemon {
             Presentation::Qemu(endpoint) => {
                 let slot = Slot::new(card);
                 let mut cfg = ClientConfig::new(endpoint.clone());
-                cfg.reader_name = spec.name.clone();
+                cfg.reader_name = spec.peer_name.clone().unwrap_or_else(|| spec.name.clone());
                 cfg.inserted = inserted;
                 vscard::spawn_observed(cfg, Box::new(slot.card()), move |s| {
                     observer.report(s.connected && s.reader_added)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use virtcard_daemon::{CardSource, Daemon, Event, Events, Options, Presentation, ReaderSpec};
 use virtcard_transport::vpcd::{Mode, Timing};
 use virtcard_transport::vscard::sim::{QemuSim, SimOptions};
-use virtcard_transport::vscard::Endpoint;
+use virtcard_transport::vscard::{Endpoint, MsgType};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -36,13 +36,22 @@ fn every_qemu_reconnect_is_reported_however_short() {
         host: "127.0.0.1".into(),
         port: sim.port(),
     });
-    daemon
-        .add_reader(ReaderSpec::new("vm", vm).with_card(CardSource::Sample { state: None }))
-        .unwrap();
+    let mut spec = ReaderSpec::new("vm", vm).with_card(CardSource::Sample { state: None });
+    spec.peer_name = Some("Virtual Reader".into());
+    daemon.add_reader(spec).unwrap();
     assert!(matches!(next(&events), Event::ReaderAdded { .. }));
     assert!(matches!(next(&events), Event::CardInserted { .. }));
     assert_eq!(next(&events), connected("vm"));
     assert!(sim.wait_card(WAIT));
+    // QEMU is told the peer name, not the daemon's.
+    let added: Vec<Vec<u8>> = sim.with_host(|h| {
+        h.received()
+            .iter()
+            .filter(|(m, _, _)| *m == MsgType::ReaderAdd)
+            .map(|(_, _, p)| p.clone())
+            .collect()
+    });
+    assert_eq!(added, [b"Virtual Reader".to_vec()]);
 
     for round in 1..=5u64 {
         sim.kick();

@@ -57,8 +57,9 @@ pub struct Args {
     /// Start with the card(s) out of the reader.
     #[arg(long)]
     pub removed: bool,
-    /// Reader name sent to QEMU (only QEMU's debug output shows it) and
-    /// used by `virtcard ctl`; further VMs get NAME-2, NAME-3, …
+    /// Reader name sent to QEMU (only QEMU's debug output shows it); for
+    /// `virtcard ctl` the reader is NAME (characters a reader name cannot
+    /// hold become '-'), further VMs NAME-2, NAME-3, …
     #[arg(long, default_value = "virtcard")]
     pub reader_name: String,
     #[command(flatten)]
@@ -196,6 +197,7 @@ pub fn start(
         let reader = reader_name(name, i);
         let mut spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint.clone()));
         spec.inserted = inserted;
+        spec.peer_name = Some(name.to_string());
         let added = match card {
             Some(card) => card.add_to(&serving.daemon, spec),
             None => serving.daemon.add_reader_with_card(spec, None),

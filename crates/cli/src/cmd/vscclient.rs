@@ -606,7 +606,8 @@ pub fn run(
         args.control.control.as_deref(),
     )?;
     let reader = name_from(&reader_name);
-    let spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint));
+    let mut spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint));
+    spec.peer_name = Some(reader_name.clone());
     let started = match card {
         Serve::Card(card) => card
             .add_to(&serving.daemon, spec)
