@@ -19,7 +19,8 @@
 //! Cards come from a [`CardSource`] (card directory, ISO 7816 description
 //! file, built-in sample) or are any [`virtcard_runtime::Card`] the embedding
 //! program makes. The [`control`] module serves the daemon on a Unix socket
-//! for `virtcard ctl`.
+//! for `virtcard ctl`. `examples/desk.rs` (`cargo run -p virtcard-daemon
+//! --example desk`) is a small interactive program built on this API.
 //!
 //! ```
 //! use virtcard_daemon::{Config, Daemon, Locations};
