@@ -7,9 +7,8 @@
 
 mod p11;
 
-use p11::{missing, OpenSc, CARD_PIN as PIN, OPENSC as MODULE};
+use p11::{missing, OpenSc, CARD_PIN as PIN};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 use virtcard_cards::cac::{self, ProvisionOptions};
 use virtcard_store::Persisted;
 use virtcard_testkit::Pcscd;
@@ -54,35 +53,15 @@ impl Served {
     }
 
     fn p11(&self, args: &[&str]) -> (bool, String) {
-        let mut all = vec!["--module", MODULE];
-        all.extend_from_slice(args);
-        self.run("pkcs11-tool", &all)
+        self.opensc().p11(args)
     }
 
     fn p11_ok(&self, args: &[&str]) -> String {
-        let (ok, out) = self.p11(args);
-        assert!(
-            ok,
-            "pkcs11-tool {args:?} failed:\n{out}\npcscd log:\n{}",
-            self.pcscd.log()
-        );
-        out
+        self.opensc().p11_ok(args)
     }
 
     fn wait_for_token(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, out) = self.p11(&["-L"]);
-            if out.contains("token label") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no token appeared:\n{out}\npcscd log:\n{}",
-                self.pcscd.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.opensc().wait_for_token(None);
     }
 
     /// OpenSC and openssl checks on this card (slot 0).
@@ -160,19 +139,7 @@ fn opensc_uses_the_cac_end_to_end() {
         assert!(objects.contains(label), "{objects}");
     }
 
-    s.sign_and_verify("0001", "SHA256-RSA-PKCS", &[]);
-    s.sign_and_verify(
-        "0002",
-        "SHA256-RSA-PKCS-PSS",
-        &[
-            "-sigopt",
-            "rsa_padding_mode:pss",
-            "-sigopt",
-            "rsa_pss_saltlen:auto",
-        ],
-    );
-    s.decrypt("0003");
-    s.decrypt("0001");
+    s.opensc().use_keys();
 
     let test = s.p11_ok(&["--test", "--login", "--pin", PIN]);
     assert!(test.contains("No errors"), "{test}");

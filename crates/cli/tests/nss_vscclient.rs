@@ -112,9 +112,7 @@ fn qemu_doc_option_string_serves_an_nss_database() {
 
     o.use_three_keys(&["NSS.ONE", "NSS.TWO", "NSS.THREE"]);
 
-    let mut files = files_under(&tmp.path().join("opensc"));
-    files.push(vsc.log.clone());
-    assert_no_key_material(&secrets, &files, &[("pcscd log", pcscd.log())]);
+    assert_nothing_leaked(&secrets, &tmp.path().join("opensc"), &vsc, &pcscd);
     reader.shutdown();
     vsc.stop();
 }

@@ -10,7 +10,6 @@ mod p11;
 use p11::*;
 use std::sync::Arc;
 use std::time::Duration;
-use virtcard_cards::cac::{self, ProvisionOptions};
 use virtcard_testkit::Pcscd;
 use virtcard_transport::vscard::sim::{QemuSim, SimOptions};
 
@@ -22,16 +21,7 @@ fn physical_card_follows_into_the_guest() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("card");
-    cac::provision(
-        &dir,
-        &ProvisionOptions {
-            key_bits: 2048,
-            common_name: Some("PASSED.THROUGH".into()),
-            ..Default::default()
-        }
-        .with_pin(CARD_PIN.into()),
-    )
-    .unwrap();
+    provision_cac(&dir, "PASSED.THROUGH");
 
     // No PC/SC at all yet: virtcard qemu must wait for it.
     let mut pcscd = Pcscd::start().unwrap();

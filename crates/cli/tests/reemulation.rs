@@ -143,9 +143,7 @@ fn softhsm_token_comes_and_goes_as_a_cac_card() {
     let log = vsc.log();
     assert!(log.contains("token removed"), "{log}");
     assert!(!log.contains(TOKEN_PIN), "the token PIN reached the log");
-    let mut files = files_under(&tmp.path().join("opensc"));
-    files.push(vsc.log.clone());
-    assert_no_key_material(&secrets, &files, &[("pcscd log", pcscd.log())]);
+    assert_nothing_leaked(&secrets, &tmp.path().join("opensc"), &vsc, &pcscd);
     reader.shutdown();
     vsc.stop();
 }

@@ -10,7 +10,6 @@ mod p11;
 use p11::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use virtcard_cards::cac::{self, ProvisionOptions};
 use virtcard_testkit::{PcscClient, Pcscd};
 
 /// Commands and responses from a virtcard `-v` log ("APDU <cmd> -> <rsp>").
@@ -85,16 +84,7 @@ fn opensc_through_the_relay_matches_the_original() {
     let pcscd = virtcard_testkit::shared().expect("pcscd");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("card");
-    cac::provision(
-        &dir,
-        &ProvisionOptions {
-            key_bits: 2048,
-            common_name: Some("RELAYED.CARD".into()),
-            ..Default::default()
-        }
-        .with_pin(CARD_PIN.into()),
-    )
-    .unwrap();
+    provision_cac(&dir, "RELAYED.CARD");
     let no_color = tmp.path().join("none");
     let physical = Virtcard::spawn(
         &[
@@ -165,18 +155,7 @@ fn opensc_through_the_relay_matches_the_original() {
     for (i, id) in ["0001", "0002", "0003"].iter().enumerate() {
         assert_eq!(relayed.certificate(id).0, certs[i], "certificate {id}");
     }
-    relayed.sign_and_verify("0001", "SHA256-RSA-PKCS", &[]);
-    relayed.sign_and_verify(
-        "0002",
-        "SHA256-RSA-PKCS-PSS",
-        &[
-            "-sigopt",
-            "rsa_padding_mode:pss",
-            "-sigopt",
-            "rsa_pss_saltlen:auto",
-        ],
-    );
-    relayed.decrypt("0003");
+    relayed.use_keys();
 
     // The rule rewrites the answer on the relayed reader only.
     let (_, rewritten) = relayed.tool(

@@ -471,8 +471,8 @@ impl<'a> OpenSc<'a> {
     }
 
     /// Lists the card's objects (three certificates, one per name in
-    /// `names`), then signs with key 0001 (PKCS#1 v1.5) and 0002 (PSS) and
-    /// decrypts with 0003 and 0001. Returns the object listing.
+    /// `names`), then uses the three keys ([`OpenSc::use_keys`]). Returns
+    /// the object listing.
     pub fn use_three_keys(&self, names: &[&str]) -> String {
         let objects = self.p11_ok(&["--login", "--pin", CARD_PIN, "-O"]);
         assert_eq!(
@@ -483,6 +483,13 @@ impl<'a> OpenSc<'a> {
         for name in names {
             assert!(objects.contains(name), "{objects}");
         }
+        self.use_keys();
+        objects
+    }
+
+    /// Signs with key 0001 (PKCS#1 v1.5) and 0002 (PSS), verifying with
+    /// openssl, and decrypts with 0003 and 0001: the CAC's three keys.
+    pub fn use_keys(&self) {
         self.sign_and_verify("0001", "SHA256-RSA-PKCS", &[]);
         self.sign_and_verify(
             "0002",
@@ -496,8 +503,30 @@ impl<'a> OpenSc<'a> {
         );
         self.decrypt("0003");
         self.decrypt("0001");
-        objects
     }
+}
+
+/// A CAC card directory with 2048-bit keys, `common_name` in its
+/// certificates and PIN [`CARD_PIN`].
+pub fn provision_cac(dir: &Path, common_name: &str) {
+    virtcard_cards::cac::provision(
+        dir,
+        &virtcard_cards::cac::ProvisionOptions {
+            key_bits: 2048,
+            common_name: Some(common_name.into()),
+            ..Default::default()
+        }
+        .with_pin(CARD_PIN.into()),
+    )
+    .unwrap();
+}
+
+/// Checks that none of `secrets` is in the files under `work`, in the
+/// log of `virtcard`, or in pcscd's log.
+pub fn assert_nothing_leaked(secrets: &[Vec<u8>], work: &Path, virtcard: &Virtcard, pcscd: &Pcscd) {
+    let mut files = files_under(work);
+    files.push(virtcard.log.clone());
+    assert_no_key_material(secrets, &files, &[("pcscd log", pcscd.log())]);
 }
 
 pub fn tail(text: &str, n: usize) -> String {
