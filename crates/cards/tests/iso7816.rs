@@ -383,6 +383,23 @@ fn change_reference_data() {
 }
 
 #[test]
+fn change_reference_data_with_both_values_padded() {
+    let mut c = card();
+    // Old 123456 and new 777777, each padded with FF to the 8-byte maximum,
+    // as clients that pad send them.
+    assert_eq!(
+        sw(
+            &mut c,
+            "00 24 00 81 10 31 32 33 34 35 36 FF FF 37 37 37 37 37 37 FF FF"
+        ),
+        0x9000
+    );
+    assert_eq!(sw(&mut c, "00 20 00 81 06 37 37 37 37 37 37"), 0x9000);
+    assert_eq!(sw(&mut c, "00 20 00 81 08 37 37 37 37 37 37 FF FF"), 0x9000);
+    assert_eq!(sw(&mut c, "00 20 00 81 06 31 32 33 34 35 36"), 0x63C2);
+}
+
+#[test]
 fn logical_channels_select_and_verify_independently() {
     let mut c = card();
     assert_eq!(tx(&mut c, "00 70 00 00 01"), (vec![1], 0x9000));

@@ -81,9 +81,15 @@ impl Iso7816Card {
         let reference = cmd.p2;
         let pin = &mut self.state.pins[i];
         let new = match cmd.p1 {
-            // Old value followed by the new one; the stored length splits them.
+            // Old value followed by the new one. Clients that pad send both
+            // padded to the full length; otherwise the stored length splits
+            // them (old and new within the limits cannot add up to twice the
+            // maximum unless both have it, so the two readings never clash).
             0x00 => {
-                let split = pin.value.len();
+                let split = match pin.padding {
+                    Some(_) if cmd.data.len() == 2 * pin.max_length => pin.max_length,
+                    _ => pin.value.len(),
+                };
                 if cmd.data.len() <= split {
                     return Err(Status::WrongLength);
                 }
