@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::SystemTime;
 use thiserror::Error;
+use virtcard_runtime::trace::is_secret_command;
 
 /// Sees every exchange of a relayed card and may change it.
 pub trait Mitm: Send {
@@ -57,14 +58,6 @@ impl Mitm for Chain {
     }
 }
 
-/// Instructions whose data is a PIN: VERIFY, CHANGE REFERENCE DATA, RESET
-/// RETRY COUNTER.
-const SECRET_INS: [u8; 3] = [0x20, 0x24, 0x2C];
-
-fn is_secret(command: &[u8]) -> bool {
-    command.get(1).is_some_and(|ins| SECRET_INS.contains(ins))
-}
-
 /// Writes every exchange, one line each way:
 ///
 /// ```text
@@ -72,8 +65,9 @@ fn is_secret(command: &[u8]) -> bool {
 /// 2026-…Z #12 < 6F0B8407A0000000790100A5009000
 /// ```
 ///
-/// The data of PIN commands is replaced by `<N bytes redacted>` unless the
-/// log was opened with secrets shown.
+/// The data of commands that carry PINs or keys (as
+/// [`virtcard_runtime::trace::is_secret_command`] tells) is replaced by
+/// `<N bytes redacted>` unless the log was opened with secrets shown.
 pub struct ApduLog {
     out: BufWriter<File>,
     n: u64,
@@ -114,7 +108,7 @@ impl ApduLog {
 impl Mitm for ApduLog {
     fn command(&mut self, command: &mut Vec<u8>) -> Option<Vec<u8>> {
         self.n += 1;
-        let text = if !self.show_secrets && is_secret(command) && command.len() > 5 {
+        let text = if !self.show_secrets && is_secret_command(command) && command.len() > 5 {
             format!(
                 "{} <{} bytes redacted>",
                 hex::encode_upper(&command[..5]),
@@ -257,11 +251,18 @@ impl Rule {
                 if let Some(l) = &mut self.left {
                     *l -= 1;
                 }
-                tracing::info!(rule = %self.name, "rewrote {hex_in} -> {out}");
+                // Sizes only: a command-side rule may rewrite a PIN or a key
+                // (the APDU log shows the exchange, redacted).
+                tracing::info!(
+                    rule = %self.name,
+                    "rewrote {} bytes into {}",
+                    hex_in.len() / 2,
+                    data.len()
+                );
                 true
             }
             Err(_) => {
-                tracing::warn!(rule = %self.name, "replacement {out} is not whole bytes of hex; rule skipped");
+                tracing::warn!(rule = %self.name, "the replacement is not whole bytes of hex; rule skipped");
                 false
             }
         }
@@ -485,9 +486,13 @@ times = 1
         let mut verify = vec![0x00, 0x20, 0x00, 0x80, 0x04, b'1', b'2', b'3', b'4'];
         log.command(&mut verify);
         log.response(&verify, &mut vec![0x90, 0x00]);
+        // A management-key change (PIV/YubiKey INS FF) carries a key.
+        let mut set_key = vec![0x00, 0xFF, 0xFF, 0xFF, 0x03, 0x9B, 0x01, 0x42];
+        log.command(&mut set_key);
         drop(log);
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("> 0020008004 <4 bytes redacted>"), "{text}");
+        assert!(text.contains("> 00FFFFFF03 <3 bytes redacted>"), "{text}");
         assert!(!text.contains("31323334"), "{text}");
         assert!(text.contains("#1 < 9000"), "{text}");
 
