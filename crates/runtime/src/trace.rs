@@ -94,8 +94,7 @@ impl<C: Card> Card for Traced<C> {
         let secret_answer = ins.is_some_and(|i| SECRET_ANSWER_INS.contains(&i))
             || (ins == Some(GET_RESPONSE) && self.secret_answer_pending);
         // More of it to come (61xx): the GET RESPONSE that follows is secret too.
-        self.secret_answer_pending =
-            secret_answer && response.len() >= 2 && response[response.len() - 2] == 0x61;
+        self.secret_answer_pending = secret_answer && matches!(response.as_slice(), [.., 0x61, _]);
         if tracing::enabled!(tracing::Level::DEBUG) {
             let secret = is_secret_command(command) || secret_answer;
             let mut r = String::new();
