@@ -961,7 +961,6 @@ impl KeyStore for Pkcs11KeyStore {
                 "keys generated on a token need a hex id",
             ));
         };
-        self.delete(id)?;
         let label = format!("virtcard {id}");
         let common = |private: bool| {
             vec![
@@ -1000,8 +999,22 @@ impl KeyStore for Pkcs11KeyStore {
         let s = ctx
             .open_rw_session(token.slot)
             .map_err(|e| token_err("opening a read-write session", e))?;
-        s.generate_key_pair(&mech, &pub_t, &priv_t)
+        let (new_public, new_private) = s
+            .generate_key_pair(&mech, &pub_t, &priv_t)
             .map_err(|e| token_err("generating a key pair", e))?;
+        // Only now the old pair under this id goes: a generation that fails
+        // (size not supported, token full or pulled) leaves it as it was.
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+            let handles = s
+                .find_objects(&[Attribute::Class(class), sel.attribute()])
+                .map_err(|e| token_err("finding a key", e))?;
+            for h in handles {
+                if h != new_public && h != new_private {
+                    s.destroy_object(h)
+                        .map_err(|e| token_err("deleting the replaced key", e))?;
+                }
+            }
+        }
         drop(s);
         self.key(id)?
             .ok_or_else(|| KeyError::Token("the generated key is not on the token".into()))

@@ -163,3 +163,27 @@ fn wrong_pin_and_missing_token_are_clear() {
     .unwrap_err();
     assert!(e.to_string().contains("no such token"), "{e}");
 }
+
+#[test]
+fn a_failed_generation_keeps_the_old_key() {
+    if let Some(why) = common::missing() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut s = store();
+    let old = s.generate("c3", KeyAlgorithm::Rsa { bits: 2048 }).unwrap();
+    let old_modulus = rsa_public(old.as_ref()).n().to_vec();
+    // SoftHSM refuses RSA keys this small: the generation fails on the token.
+    assert!(s.generate("c3", KeyAlgorithm::Rsa { bits: 256 }).is_err());
+    let kept = s.key("c3").unwrap().expect("the old key is still there");
+    assert_eq!(rsa_public(kept.as_ref()).n().to_vec(), old_modulus);
+    // A successful one replaces it: one key under the id, the new one.
+    let new = s.generate("c3", KeyAlgorithm::Rsa { bits: 2048 }).unwrap();
+    assert_ne!(rsa_public(new.as_ref()).n().to_vec(), old_modulus);
+    assert_eq!(s.ids().iter().filter(|i| *i == "c3").count(), 1);
+    let now = s.key("c3").unwrap().unwrap();
+    assert_eq!(
+        rsa_public(now.as_ref()).n().to_vec(),
+        rsa_public(new.as_ref()).n().to_vec()
+    );
+}
