@@ -71,11 +71,6 @@ impl<'a> Reply<'a> {
         }
     }
 
-    /// A reply for unit tests of card types, with the given Ne.
-    pub fn for_test(data: &'a mut Vec<u8>, ne: usize) -> Self {
-        Self::new(data, ne, true, 0)
-    }
-
     /// The number of bytes the client expects (Ne). Without an Le field this is
     /// 256 on a T=1 link and 0 on T=0. Commands that read a part of a file cut
     /// their data to this; others return everything and let the runtime chain.

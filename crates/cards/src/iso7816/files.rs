@@ -160,14 +160,6 @@ impl Iso7816Card {
         })
     }
 
-    fn rule_ok(ch: &Channel, rule: Access) -> Result<(), Status> {
-        match rule {
-            Access::Always => Ok(()),
-            Access::Pin(r) if ch.verified.contains(&r) => Ok(()),
-            _ => Err(Status::SecurityStatusNotSatisfied),
-        }
-    }
-
     /// Life cycle, then the access rule for `op`.
     fn authorize(&self, ch: &Channel, id: FileId, op: Op) -> Result<(), Status> {
         let fs = &self.state.fs;
@@ -180,7 +172,7 @@ impl Iso7816Card {
             Op::Update => f.access.update,
             Op::Delete => f.access.delete,
         };
-        Self::rule_ok(ch, rule)
+        ch.allows(rule)
     }
 
     fn body(&self, id: FileId) -> Result<&EfBody, Status> {
@@ -740,7 +732,7 @@ impl Iso7816Card {
         if f.lcs == LifeCycle::Terminated {
             return Err(Status::ConditionsNotSatisfied);
         }
-        Self::rule_ok(ch, f.access.update)?;
+        ch.allows(f.access.update)?;
         let want = if activate {
             LifeCycle::Activated
         } else {

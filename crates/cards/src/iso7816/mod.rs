@@ -137,19 +137,14 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// The current DF.
-    pub fn current_df(&self) -> FileId {
-        self.df
-    }
-
-    /// The current EF, if any.
-    pub fn current_ef(&self) -> Option<FileId> {
-        self.ef
-    }
-
-    /// Whether the PIN with this reference is verified on the channel.
-    pub fn is_verified(&self, reference: u8) -> bool {
-        self.verified.contains(&reference)
+    /// Whether an access rule lets this channel through: always, or once
+    /// the PIN it names is verified here.
+    fn allows(&self, rule: Access) -> Result<(), Status> {
+        match rule {
+            Access::Always => Ok(()),
+            Access::Pin(r) if self.verified.contains(&r) => Ok(()),
+            _ => Err(Status::SecurityStatusNotSatisfied),
+        }
     }
 
     fn select_ef(&mut self, ef: FileId) {

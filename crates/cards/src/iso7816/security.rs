@@ -3,7 +3,6 @@
 use super::pin::{Check, Secret};
 use super::{Channel, Iso7816Card};
 use virtcard_codec::{ber, Command, Status};
-use virtcard_runtime::fs::Access;
 use virtcard_runtime::{Outcome, Reply};
 use zeroize::Zeroizing;
 
@@ -192,14 +191,6 @@ impl Iso7816Card {
             .ok_or(Status::ReferenceNotFound)
     }
 
-    fn access_ok(ch: &Channel, rule: Access) -> Result<(), Status> {
-        match rule {
-            Access::Always => Ok(()),
-            Access::Pin(r) if ch.verified.contains(&r) => Ok(()),
-            _ => Err(Status::SecurityStatusNotSatisfied),
-        }
-    }
-
     /// GET DATA: even INS with the tag in P1-P2 returns the value; odd INS
     /// with P1-P2 = `3FFF` and a tag list `5C` returns the whole objects.
     pub(crate) fn get_data(
@@ -214,7 +205,7 @@ impl Iso7816Card {
                 return Err(Status::WrongLength);
             }
             let o = &self.state.data_objects[self.object_index(p1p2)?];
-            Self::access_ok(ch, o.read)?;
+            ch.allows(o.read)?;
             reply.push(&o.value);
             return Ok(Status::Success);
         }
@@ -232,7 +223,7 @@ impl Iso7816Card {
         let mut out = Vec::new();
         for tag in wanted {
             let o = &self.state.data_objects[self.object_index(tag)?];
-            Self::access_ok(ch, o.read)?;
+            ch.allows(o.read)?;
             ber::push(&mut out, tag, &o.value);
         }
         reply.push(&out);
@@ -265,7 +256,7 @@ impl Iso7816Card {
         }
         // All or nothing: check every object before changing any.
         for (i, _) in &changes {
-            Self::access_ok(ch, self.state.data_objects[*i].update)?;
+            ch.allows(self.state.data_objects[*i].update)?;
         }
         for (i, value) in changes {
             self.state.data_objects[i].value = value;

@@ -207,10 +207,7 @@ pub fn start(
             Target::Passthru(r) => serving.follow(&reader, Source::Readers(r)),
             Target::Card(_) => Ok(()),
         });
-        if let Err(e) = added {
-            serving.shutdown();
-            return Err(e);
-        }
+        added?;
     }
     Ok(serving)
 }

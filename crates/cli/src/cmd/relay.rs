@@ -154,10 +154,10 @@ pub fn run(args: Args) -> Result<()> {
         args.control.control.as_deref(),
     )?;
     let spec = ReaderSpec::new("relay", Presentation::Vpcd(Mode::Connect(addr)));
-    if let Err(e) = serving.daemon.add_reader_with_card(spec, None) {
-        serving.shutdown();
-        return Err(e).with_context(|| format!("cannot serve vpcd at {addr}"));
-    }
+    serving
+        .daemon
+        .add_reader_with_card(spec, None)
+        .with_context(|| format!("cannot serve vpcd at {addr}"))?;
     tracing::info!("relaying the card in {sel} to vpcd at {addr}");
     let (put, clear) = super::hotplug::put_and_clear(&serving.daemon, "relay");
     let watcher = Watcher::spawn(
@@ -166,13 +166,7 @@ pub fn run(args: Args) -> Result<()> {
         move |card| put(Box::new(card)),
         clear,
     );
-    let watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            serving.shutdown();
-            return Err(e.into());
-        }
-    };
+    let watcher = watcher?;
     serving.wait();
     watcher.shutdown();
     serving.shutdown();

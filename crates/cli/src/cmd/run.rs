@@ -72,10 +72,7 @@ pub fn run(args: Args) -> Result<()> {
         Options::new(&config.state_dir),
         Some(&config.control_socket),
     )?;
-    if let Err(e) = serving.daemon.add_readers(&config.readers) {
-        serving.shutdown();
-        return Err(e.into());
-    }
+    serving.daemon.add_readers(&config.readers)?;
     tracing::info!(
         readers = config.readers.len(),
         socket = %config.control_socket.display(),

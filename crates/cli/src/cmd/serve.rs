@@ -21,7 +21,8 @@ pub struct ControlArgs {
     pub control: Option<PathBuf>,
 }
 
-/// A running daemon with its control socket and followers.
+/// A running daemon with its control socket and followers; shut down when
+/// dropped, so that an error while setting up leaves nothing running.
 pub struct Serving {
     pub daemon: Daemon,
     server: Option<ControlServer>,
@@ -92,11 +93,17 @@ impl Serving {
     /// are told, vpcd connections closed), then closes the control socket:
     /// `ctl events` streams still carry the removals.
     pub fn shutdown(self) {
-        for f in self.followers {
+        drop(self);
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        for f in self.followers.drain(..) {
             f.shutdown();
         }
         self.daemon.shutdown();
-        if let Some(s) = self.server {
+        if let Some(s) = self.server.take() {
             s.shutdown();
         }
     }

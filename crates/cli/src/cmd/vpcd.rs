@@ -72,10 +72,8 @@ pub fn run(args: Args) -> Result<()> {
         args.control.control.as_deref(),
     )?;
     let spec = ReaderSpec::new("virtcard", Presentation::Vpcd(mode));
-    if let Err(e) = card.add_to(&serving.daemon, spec) {
-        serving.shutdown();
-        return Err(e).with_context(|| format!("cannot start the vpcd reader ({mode:?})"));
-    }
+    card.add_to(&serving.daemon, spec)
+        .with_context(|| format!("cannot start the vpcd reader ({mode:?})"))?;
     match mode {
         Mode::Connect(a) => tracing::info!(card = %kind, %atr, "serving the card to vpcd at {a}"),
         Mode::Listen(a) => tracing::info!(card = %kind, %atr, "waiting for vpcd to connect on {a}"),

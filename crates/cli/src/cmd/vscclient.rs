@@ -618,10 +618,7 @@ pub fn run(
             .context("cannot start the VSCard client")
             .and_then(|()| serving.follow(&reader, source)),
     };
-    if let Err(e) = started {
-        serving.shutdown();
-        return Err(e);
-    }
+    started?;
 
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::Builder::new()
