@@ -142,29 +142,16 @@ pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
 
 /// The bytes of a command: short form when everything fits, else extended.
 pub fn command_bytes(cla: u8, ins: u8, p1: u8, p2: u8, data: &[u8], le: Option<u32>) -> Vec<u8> {
-    let mut v = vec![cla, ins, p1, p2];
-    let data = &data[..data.len().min(65_535)];
-    let extended = data.len() > 255 || le.is_some_and(|n| n > 256);
-    if extended {
-        v.push(0);
-        if !data.is_empty() {
-            v.extend_from_slice(&(data.len() as u16).to_be_bytes());
-            v.extend_from_slice(data);
-        }
-        if let Some(n) = le {
-            let n = if n >= 65_536 { 0 } else { n as u16 };
-            v.extend_from_slice(&n.to_be_bytes());
-        }
-    } else {
-        if !data.is_empty() {
-            v.push(data.len() as u8);
-            v.extend_from_slice(data);
-        }
-        if let Some(n) = le {
-            v.push(if n >= 256 { 0 } else { n as u8 });
-        }
+    virtcard_codec::Command {
+        cla: virtcard_codec::Class(cla),
+        ins,
+        p1,
+        p2,
+        data: &data[..data.len().min(65_535)],
+        ne: le.map(|n| n as usize),
+        extended: false,
     }
-    v
+    .to_vec()
 }
 
 /// A shorthand for seed sequences: a command with data and Le.
