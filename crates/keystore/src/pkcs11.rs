@@ -728,16 +728,6 @@ impl Pkcs11KeyStore {
         self.token.slot.id()
     }
 
-    /// Whether the token still answers (it may have been removed).
-    pub fn is_present(&self) -> bool {
-        self.token
-            .module
-            .ctx
-            .get_slot_info(self.token.slot)
-            .map(|i| i.token_present())
-            .unwrap_or(false)
-    }
-
     /// Every certificate on the token, sorted by `CKA_ID` (the order libcacard
     /// puts them on a re-emulated card).
     pub fn certificates(&self) -> Result<Vec<TokenCertificate>, KeyError> {

@@ -45,6 +45,8 @@ pub enum RelayError {
     NoReader { wanted: String, available: String },
     #[error("no card in {0}")]
     NoCard(String),
+    #[error("cannot start the reader watcher: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Every reader PC/SC reports.

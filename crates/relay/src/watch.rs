@@ -120,7 +120,7 @@ impl Watcher {
                     }
                 }
             })
-            .map_err(|e| RelayError::NoCard(format!("cannot start the watcher thread: {e}")))?;
+            .map_err(RelayError::Thread)?;
         Ok(Watcher {
             stop,
             thread: Some(thread),

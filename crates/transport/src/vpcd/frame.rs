@@ -64,8 +64,8 @@ pub fn decode(payload: &[u8]) -> Result<Message<'_>, FrameError> {
 }
 
 /// Appends one frame (length prefix and payload) to `out`. Payloads longer
-/// than [`MAX_PAYLOAD`] are cut, which no caller produces: responses are
-/// bounded by the link size the transport sets.
+/// than [`MAX_PAYLOAD`] are cut; the session never passes one (it answers
+/// an oversized card response with `6F00`).
 pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
     let n = payload.len().min(MAX_PAYLOAD);
     out.extend_from_slice(&(n as u16).to_be_bytes());

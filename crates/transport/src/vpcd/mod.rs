@@ -347,8 +347,10 @@ impl Worker {
             // mode is spared: an empty ATR there can stall Debian's vpcd.
             let show_empty = show_empty_first && matches!(self.mode, Mode::Connect(_));
             let end = self.serve(&stream, generation, show_empty);
-            show_empty_first = !matches!(end, End::ShownEmpty);
             let _ = stream.shutdown(std::net::Shutdown::Both);
+            // Shown empty: the card comes at once, on a new connection.
+            // Anything else: the next card is shown empty first again.
+            show_empty_first = !matches!(end, End::ShownEmpty);
             if matches!(end, End::ShownEmpty) {
                 reconnecting_at_once = true;
             } else {
@@ -357,7 +359,6 @@ impl Worker {
             match end {
                 End::Stop => break 'outer,
                 End::CardChanged => {
-                    show_empty_first = true;
                     tracing::info!("card changed in the vpcd slot; reconnecting so pcscd sees it");
                     // Stay away long enough for pcscd to see an empty slot.
                     let g = self.shared.lock().generation;
@@ -367,7 +368,6 @@ impl Worker {
                 }
                 End::ShownEmpty => {}
                 End::Lost => {
-                    show_empty_first = true;
                     if !self.pause(backoff, generation) {
                         break;
                     }

@@ -14,8 +14,8 @@ pub enum Handled {
 
 /// The card side of one vpcd connection.
 ///
-/// `present == false` answers GET ATR with an empty ATR, which vpcd treats as
-/// card removal (it then closes the connection itself).
+/// With no card in the slot, GET ATR (and any APDU) is answered with an empty
+/// payload, which vpcd treats as card removal.
 pub struct Session {
     response: Vec<u8>,
 }
@@ -78,6 +78,16 @@ impl Session {
             }
             Message::Apdu(apdu) => {
                 card.transmit(apdu, &mut self.response);
+                if self.response.len() > frame::MAX_PAYLOAD {
+                    // Only a card that ignores the link size (a relayed one)
+                    // can answer this much; a cut answer would lose its SW.
+                    tracing::warn!(
+                        len = self.response.len(),
+                        "answer too long for a vpcd frame; sending 6F00"
+                    );
+                    self.response.clear();
+                    self.response.extend_from_slice(&[0x6F, 0x00]);
+                }
                 frame::encode(&self.response, out);
                 Ok(Handled::Replied)
             }
@@ -161,5 +171,37 @@ mod tests {
         s.handle(None, &[4], &mut out).unwrap();
         assert_eq!(out, [0, 0]);
         assert_eq!(s.handle(None, &[], &mut out), Err(FrameError::Empty));
+    }
+
+    /// Answers every APDU with more than a frame holds.
+    struct Flood;
+
+    impl Card for Flood {
+        fn atr(&self) -> &[u8] {
+            &[0x3B, 0x00]
+        }
+        fn power_on(&mut self) {}
+        fn power_off(&mut self) {}
+        fn reset(&mut self) {}
+        fn is_powered(&self) -> bool {
+            true
+        }
+        fn transmit(&mut self, _command: &[u8], response: &mut Vec<u8>) {
+            response.clear();
+            response.resize(frame::MAX_PAYLOAD + 1, 0x42);
+        }
+        fn set_link(&mut self, _: Link) {}
+        fn kind(&self) -> &str {
+            "flood"
+        }
+    }
+
+    #[test]
+    fn an_answer_too_long_for_a_frame_becomes_6f00() {
+        let mut s = Session::new();
+        let mut out = Vec::new();
+        s.handle(Some(&mut Flood), &[0, 0xB0, 0, 0], &mut out)
+            .unwrap();
+        assert_eq!(out, [0, 2, 0x6F, 0x00]);
     }
 }

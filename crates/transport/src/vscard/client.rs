@@ -231,21 +231,13 @@ impl ClientHandle {
     /// Waits until `pred` holds for the status or `timeout` passes; returns
     /// whether it held.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&ClientStatus) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut status = self.shared.lock();
-        loop {
-            if pred(&status) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            status = match self.shared.changed.wait_timeout(status, deadline - now) {
-                Ok((s, _)) => s,
-                Err(p) => p.into_inner().0,
-            };
-        }
+        let status = self.shared.lock();
+        let (status, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(status, timeout, |s| !pred(s))
+            .unwrap_or_else(|p| p.into_inner());
+        pred(&status)
     }
 
     /// Removes card and reader in QEMU (if connected), closes the connection

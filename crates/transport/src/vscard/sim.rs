@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::atr::{qemu_check, QEMU_MAX_ATR};
 use super::frame::{
@@ -458,21 +458,14 @@ impl QemuSim {
 
     /// Waits until `pred` holds for the host, up to `timeout`.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Host, bool, u64) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if pred(&st.host, st.connected, st.connections) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = match self.shared.changed.wait_timeout(st, deadline - now) {
-                Ok((s, _)) => s,
-                Err(p) => p.into_inner().0,
-            };
-        }
+        let held = |st: &mut SimState| pred(&st.host, st.connected, st.connections);
+        let st = self.shared.lock();
+        let (mut st, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(st, timeout, |st| !held(st))
+            .unwrap_or_else(|p| p.into_inner());
+        held(&mut st)
     }
 
     /// Waits until the guest sees a card.
