@@ -324,6 +324,19 @@ fn loopback_addr(s: &str, v4_only: bool, key: &[&str]) -> Result<SocketAddr, Pro
     Ok(addr)
 }
 
+/// The directory relative paths in the file at `path` start from.
+fn base_dir(path: &Path) -> Option<PathBuf> {
+    path.parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
 /// A valid reader name made from `s` (say a PC/SC or libcacard reader name):
 /// every character a name may not hold becomes `-`, and it is cut to 64
 /// characters; `reader` if nothing is left.
@@ -556,6 +569,34 @@ impl Config {
         Config::parse(&text, path, defaults)
     }
 
+    /// The control socket the file at `path` names, reading its `[daemon]`
+    /// table only: `virtcard ctl` must reach the running daemon even when a
+    /// card the file names has moved since. A file that does not parse gets
+    /// the same located error as from [`Config::load`].
+    pub fn load_control_socket(path: &Path, defaults: &Locations) -> Result<PathBuf, ConfigError> {
+        #[derive(Deserialize)]
+        struct DaemonOnly {
+            #[serde(default)]
+            daemon: DaemonEntry,
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let named = toml::from_str::<DaemonOnly>(&text)
+            .ok()
+            .map(|d| d.daemon.control_socket);
+        match named {
+            Some(None) => Ok(defaults.control_socket.clone()),
+            Some(Some(p)) => match resolve_path(&p, base_dir(path).as_deref(), &["control_socket"])
+            {
+                Ok(p) => Ok(p),
+                Err(_) => Config::parse(&text, path, defaults).map(|c| c.control_socket),
+            },
+            None => Config::parse(&text, path, defaults).map(|c| c.control_socket),
+        }
+    }
+
     /// Validates `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path, defaults: &Locations) -> Result<Config, ConfigError> {
         let doc = toml_edit::ImDocument::parse(text).ok();
@@ -583,16 +624,7 @@ impl Config {
                 "see packaging/virtcard.sample.toml for every key and its form".into(),
             )
         })?;
-        let base = path
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    p
-                }
-            })
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
+        let base = base_dir(path);
         let base = base.as_deref();
         let locate = |segs: &[Seg]| doc.as_ref().and_then(|d| locate(d.as_item(), segs));
         let daemon_path =
@@ -811,6 +843,35 @@ mod tests {
         }
         let long = "x".repeat(100);
         assert!(check_name(&name_from(&long)).is_ok());
+    }
+
+    #[test]
+    fn the_control_socket_is_found_when_a_card_has_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(
+            &file,
+            "[daemon]\ncontrol_socket = \"ctl.sock\"\n\n[[reader]]\nname = \"a\"\nvpcd = { slot = 0 }\ncard = { dir = \"gone\" }\n",
+        )
+        .unwrap();
+        assert!(
+            Config::load(&file, &defaults()).is_err(),
+            "the card is missing"
+        );
+        let base = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            Config::load_control_socket(&file, &defaults()).unwrap(),
+            base.join("ctl.sock")
+        );
+        std::fs::write(&file, "[[reader]]\nname = \"a\"\n").unwrap();
+        assert_eq!(
+            Config::load_control_socket(&file, &defaults()).unwrap(),
+            Path::new("/tmp/virtcard.sock")
+        );
+        // A file that does not parse gets the full, located error.
+        std::fs::write(&file, "[daemon]\ncontrol_socket = 5\n").unwrap();
+        let e = Config::load_control_socket(&file, &defaults()).unwrap_err();
+        assert!(e.to_string().contains(":2:"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use virtcard_cards::cac::{self, Import, ProvisionOptions};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  virtcard card new cac --out ~/cards/cac           three RSA-2048 keys (ID, Email Signature, Email Encryption), generated PIN\n  virtcard card new cac --out c --pin 12345678 --key-size 4096\n  virtcard card new cac --out c --cert id.pem --key id.key --cert sig.pem --key sig.key\n  virtcard card new cac --out c --pkcs12 me.p12 --password secret\n\nThe directory is the card: serve it with `virtcard vpcd --card DIR` or `virtcard qemu ... --card DIR`.\nThe PIN is printed once; it is stored only in DIR/state.json (mode 0600)."
 )]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use virtcard_cards::piv::{self, algorithm, ProvisionOptions, SlotContents};
 use virtcard_keystore::{Curve, KeyAlgorithm};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  virtcard card new piv --out ~/cards/piv                         like a new YubiKey: PIN 123456, PUK 12345678,\n                                                                 3DES management key 010203040506070801020304050607080102030405060708\n  virtcard card new piv --out p --generate 9a=rsa2048 --generate 9c=p256\n  virtcard card new piv --out p --key 9a=me.key --cert 9a=me.pem --pin 654321\n  virtcard card new piv --out p --key 9d=me.p12 --password secret\n  virtcard card new piv --out p --management-key-algorithm aes256 --management-key 00112233...\n\nSlots: 9a (PIV Authentication), 9c (Digital Signature), 9d (Key Management), 9e (Card\nAuthentication), 82-95 (retired), f9 (attestation). Algorithms: rsa1024, rsa2048, rsa3072,\nrsa4096, p256, p384. The directory is the card: serve it with `virtcard vpcd --card DIR`."
 )]
@@ -129,8 +129,10 @@ pub fn options(args: &Args) -> Result<ProvisionOptions> {
     .with_puk(args.puk.as_bytes());
     match &args.management_key {
         Some(hex_key) => {
-            let key = hex::decode(hex_key.replace([' ', ':'], ""))
-                .map_err(|_| anyhow!("--management-key is not hex"))?;
+            let key = zeroize::Zeroizing::new(
+                hex::decode(hex_key.replace([' ', ':'], ""))
+                    .map_err(|_| anyhow!("--management-key is not hex"))?,
+            );
             opts = opts.with_management_key(mgmt_alg, &key);
         }
         None if mgmt_alg != algorithm::ALG_3DES => {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use virtcard_daemon::config::{CardEntry, QemuEntry, VpcdEntry};
 use virtcard_daemon::control::{ControlClient, Request, Response};
-use virtcard_daemon::{ReaderEntry, ReaderStatus};
+use virtcard_daemon::{Config, ReaderEntry, ReaderStatus};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -150,7 +150,15 @@ fn socket(args: &Args) -> Result<PathBuf> {
     if let Some(s) = &args.socket {
         return Ok(s.clone());
     }
-    Ok(super::run::load(args.config.as_ref(), args.system)?.control_socket)
+    let loc = super::run::locations(args.system)?;
+    let file = match &args.config {
+        Some(f) => Some(f.clone()),
+        None => loc.config.exists().then(|| loc.config.clone()),
+    };
+    Ok(match file {
+        Some(f) => Config::load_control_socket(&f, &loc)?,
+        None => loc.control_socket,
+    })
 }
 
 fn row(r: &ReaderStatus) -> String {
