@@ -6,3 +6,4 @@
 pub mod cac;
 pub mod iso7816;
 pub mod piv;
+pub mod secret;

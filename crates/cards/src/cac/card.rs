@@ -3,6 +3,7 @@
 use super::objects::{self, AppletRules, ObjectRules, ACR_ALWAYS, ACR_NEVER, ACR_PIN};
 use super::simpletlv;
 use super::CacError;
+use crate::secret::{ct_eq, unpad};
 use openssl::hash::{hash, MessageDigest};
 use std::fmt;
 use std::sync::Arc;
@@ -639,17 +640,7 @@ impl CacCard {
 
     /// Compares a candidate PIN with the stored one without an early exit.
     fn pin_matches(&self, candidate: &[u8]) -> bool {
-        let mut a = [0xFFu8; PIN_LEN];
-        let mut b = [0xFFu8; PIN_LEN];
-        if candidate.len() > PIN_LEN || self.pin.len() > PIN_LEN {
-            return false;
-        }
-        a[..candidate.len()].copy_from_slice(candidate);
-        b[..self.pin.len()].copy_from_slice(&self.pin);
-        let same = openssl::memcmp::eq(&a, &b);
-        a.fill(0);
-        b.fill(0);
-        same && candidate.len() == self.pin.len()
+        self.pin.len() <= PIN_LEN && ct_eq(&self.pin, candidate)
     }
 
     /// Spends one try on a wrong PIN; the caller saves state before answering.
@@ -679,7 +670,7 @@ impl CacCard {
             return Err(Status::AuthenticationBlocked);
         }
         self.verified = false;
-        if self.pin_matches(strip_padding(cmd.data)) {
+        if self.pin_matches(unpad(cmd.data, 0xFF)) {
             if self.tries_left != self.max_tries {
                 self.tries_left = self.max_tries;
                 reply.state_changed();
@@ -704,7 +695,7 @@ impl CacCard {
                     return Err(Status::AuthenticationBlocked);
                 }
                 let (old, new) = cmd.data.split_at(PIN_LEN);
-                if !self.pin_matches(strip_padding(old)) {
+                if !self.pin_matches(unpad(old, 0xFF)) {
                     self.verified = false;
                     return Err(self.wrong_pin(reply));
                 }
@@ -722,7 +713,7 @@ impl CacCard {
             }
             _ => return Err(Status::IncorrectP1P2),
         };
-        let new = strip_padding(new);
+        let new = unpad(new, 0xFF);
         if !valid_new_pin(new) {
             return Err(Status::IncorrectData);
         }
@@ -777,12 +768,6 @@ impl CacCard {
 fn dod_aid(tail: [u8; 2]) -> [u8; 7] {
     let r = objects::RID_DOD;
     [r[0], r[1], r[2], r[3], r[4], tail[0], tail[1]]
-}
-
-/// A PIN as sent: ASCII, padded with `FF` to 8 bytes.
-fn strip_padding(data: &[u8]) -> &[u8] {
-    let end = data.iter().rposition(|b| *b != 0xFF).map_or(0, |i| i + 1);
-    &data[..end]
 }
 
 /// New PINs: 6 to 8 ASCII digits (FIPS 201 numeric PIN, OpenSC's check).

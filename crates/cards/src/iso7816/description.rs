@@ -2,8 +2,9 @@
 //! data objects. Every mistake is reported with the file, line and column it
 //! sits at and what to write instead.
 
-use super::pin::{Pin, Puk, Secret};
+use super::pin::{Pin, Puk};
 use super::{CardState, DataObject, STATE_FORMAT};
+use crate::secret::Secret;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use std::fmt;

@@ -34,8 +34,8 @@ mod files;
 mod pin;
 mod security;
 
+pub use crate::secret::Secret;
 pub use description::LoadError;
-pub use pin::Secret;
 
 use pin::Pin;
 use serde::{Deserialize, Serialize};

@@ -1,59 +1,7 @@
-//! PINs with retry counters and PUKs, and a byte buffer that keeps its
-//! contents out of logs and wipes them when dropped.
+//! PINs with retry counters and PUKs.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::fmt;
-use zeroize::Zeroizing;
-
-/// Secret bytes: redacted in `Debug`, zeroed on drop, hex in saved state.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(Zeroizing<Vec<u8>>);
-
-impl Secret {
-    pub fn new(bytes: &[u8]) -> Self {
-        Secret(Zeroizing::new(bytes.to_vec()))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Compares without an early exit, so the time taken does not tell how
-    /// many leading bytes were right.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        let stored: &[u8] = &self.0;
-        let mut diff = (stored.len() != presented.len()) as u8;
-        for (i, s) in stored.iter().enumerate() {
-            diff |= s ^ presented.get(i).copied().unwrap_or(!s);
-        }
-        diff == 0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let text = Zeroizing::new(hex::encode(&*self.0));
-        s.serialize_str(&text)
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = Zeroizing::new(String::deserialize(d)?);
-        let bytes = Zeroizing::new(hex::decode(&*text).map_err(serde::de::Error::custom)?);
-        Ok(Secret::new(&bytes))
-    }
-}
+use crate::secret::{unpad, Secret};
+use serde::{Deserialize, Serialize};
 
 /// The unblocking code of a PIN, with its own retry counter.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,13 +39,7 @@ pub enum Check {
 
 impl Pin {
     pub fn strip<'a>(&self, presented: &'a [u8]) -> &'a [u8] {
-        match self.padding {
-            Some(p) => {
-                let keep = presented.iter().rposition(|b| *b != p).map_or(0, |i| i + 1);
-                &presented[..keep]
-            }
-            None => presented,
-        }
+        self.padding.map_or(presented, |p| unpad(presented, p))
     }
 
     pub fn length_ok(&self, value: &[u8]) -> bool {

@@ -1,7 +1,8 @@
 //! PIN commands, card-level data objects and GET CHALLENGE.
 
-use super::pin::{Check, Secret};
+use super::pin::Check;
 use super::{Channel, Iso7816Card};
+use crate::secret::Secret;
 use virtcard_codec::{ber, Command, Status};
 use virtcard_runtime::{Outcome, Reply};
 use zeroize::Zeroizing;

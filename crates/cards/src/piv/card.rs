@@ -4,7 +4,7 @@
 use super::consts::*;
 use super::crypto::{self, CertificateRequest};
 use super::state::{slot_id, CardConfig, KeyMeta, PersistentState, Secret};
-use openssl::memcmp;
+use crate::secret::{ct_eq, unpad};
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 use virtcard_codec::{ber, Command, Status};
@@ -59,12 +59,6 @@ fn version_at_least(v: [u8; 3], want: [u8; 3]) -> bool {
     v >= want
 }
 
-/// Strips the `FF` padding of an 8-byte PIN field.
-fn unpad(field: &[u8]) -> &[u8] {
-    let end = field.iter().rposition(|b| *b != 0xFF).map_or(0, |i| i + 1);
-    &field[..end]
-}
-
 fn padded(value: &[u8]) -> Zeroizing<[u8; 8]> {
     let mut out = Zeroizing::new([0xFFu8; 8]);
     for (o, v) in out.iter_mut().zip(value) {
@@ -76,7 +70,7 @@ fn padded(value: &[u8]) -> Zeroizing<[u8; 8]> {
 /// Constant-time comparison of a presented 8-byte field with a stored value.
 fn matches_reference(presented: &[u8], stored: &Secret) -> bool {
     let want = padded(stored.as_bytes());
-    stored.as_bytes().len() <= 8 && memcmp::eq(presented, &want[..])
+    stored.len() <= 8 && ct_eq(&want[..], presented)
 }
 
 impl PivCard {
@@ -330,7 +324,7 @@ impl PivCard {
             );
             return Err(Status::tries_left(u32::from(left)));
         }
-        let new_value = unpad(new);
+        let new_value = unpad(new, 0xFF);
         if !(6..=8).contains(&new_value.len()) {
             return Err(Status::IncorrectData);
         }
@@ -360,7 +354,7 @@ impl PivCard {
             warn!(tries_left = self.state.puk.remaining, "wrong PUK");
             return Err(Status::tries_left(u32::from(self.state.puk.remaining)));
         }
-        let new_value = unpad(new);
+        let new_value = unpad(new, 0xFF);
         if !(6..=8).contains(&new_value.len()) {
             return Err(Status::IncorrectData);
         }
@@ -445,7 +439,7 @@ impl PivCard {
                 let MgmtChallenge::Witness(expected) = pending else {
                     return Err(Status::ConditionsNotSatisfied);
                 };
-                if w.len() != block || c.len() != block || !memcmp::eq(w, &expected) {
+                if w.len() != block || c.len() != block || !ct_eq(&expected, w) {
                     warn!("management key authentication failed");
                     return Err(Status::SecurityStatusNotSatisfied);
                 }
@@ -468,7 +462,7 @@ impl PivCard {
                     return Err(Status::ConditionsNotSatisfied);
                 };
                 let expected = encrypt(&c).ok_or(Status::Unknown)?;
-                if r.len() != block || !memcmp::eq(r, &expected) {
+                if r.len() != block || !ct_eq(&expected, r) {
                     warn!("management key authentication failed");
                     return Err(Status::SecurityStatusNotSatisfied);
                 }

@@ -3,46 +3,10 @@
 
 use super::consts::*;
 use super::PivError;
+pub(crate) use crate::secret::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
-use zeroize::Zeroizing;
-
-/// Bytes that must not leak: hex in `state.json`, hidden in `Debug`, wiped on drop.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(Zeroizing<Vec<u8>>);
-
-impl Secret {
-    pub fn new(bytes: &[u8]) -> Self {
-        Secret(Zeroizing::new(bytes.to_vec()))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<secret>")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let text = Zeroizing::new(hex::encode(self.0.as_slice()));
-        s.serialize_str(&text)
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = Zeroizing::new(String::deserialize(d)?);
-        let bytes = Zeroizing::new(hex::decode(text.as_str()).map_err(serde::de::Error::custom)?);
-        Ok(Secret::new(&bytes))
-    }
-}
 
 /// Public bytes written as hex.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
