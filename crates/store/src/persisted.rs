@@ -1,6 +1,6 @@
 //! A card whose persistent state is saved before each response leaves.
 
-use crate::write_atomic;
+use crate::{remove_stale_temps, write_atomic};
 use std::path::{Path, PathBuf};
 use virtcard_runtime::{Card, Link, Status};
 
@@ -20,7 +20,11 @@ pub struct Persisted<C: Card> {
 }
 
 impl<C: Card> Persisted<C> {
+    /// Takes charge of `path`, removing temporary files a crashed writer
+    /// left next to it. Later saves never touch temporary files other than
+    /// their own, so a concurrent writer's save in progress survives them.
     pub fn new(inner: C, path: &Path) -> Self {
+        remove_stale_temps(path);
         Persisted {
             inner,
             path: path.to_path_buf(),
@@ -161,5 +165,39 @@ mod tests {
         c.transmit(&[0, 0, 0, 0], &mut r);
         assert_eq!(r, [2, 0x90, 0x00]);
         assert_eq!(std::fs::read(&path).unwrap(), [2]);
+    }
+
+    #[test]
+    fn stale_temps_go_at_creation_and_later_temps_survive_saves() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state");
+        let stale = [".state.tmp4242", ".state.tmp4242.3"].map(|n| d.path().join(n));
+        for s in &stale {
+            std::fs::write(s, b"half").unwrap();
+        }
+        let mut c = Persisted::new(
+            Counter {
+                n: 0,
+                changed: false,
+            },
+            &path,
+        );
+        for s in &stale {
+            assert!(!s.exists(), "{} left behind", s.display());
+        }
+        // Another process writing the same card is between creating its temp
+        // file and renaming it.
+        let other = d.path().join(".state.tmp4243.0");
+        std::fs::write(&other, b"theirs").unwrap();
+        let mut r = Vec::new();
+        for _ in 0..3 {
+            c.transmit(&[0, 0, 0, 0], &mut r);
+        }
+        assert_eq!(r, [3, 0x90, 0x00]);
+        assert_eq!(std::fs::read(&path).unwrap(), [3]);
+        assert_eq!(std::fs::read(&other).unwrap(), b"theirs");
+        std::fs::rename(&other, &path).expect("the other writer's rename succeeds");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "no temp file of ours left: {left:?}");
     }
 }

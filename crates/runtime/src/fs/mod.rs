@@ -12,7 +12,7 @@ pub use fcp::{parse_fcp, FcpError, FileSpec, DATA_CODING};
 
 use crate::aid::{AidMatch, AidRegistry, Occurrence};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 /// File identifier of the MF.
@@ -426,15 +426,20 @@ impl FileSystem {
     pub fn named_dfs(&self) -> Vec<FileId> {
         let mut out = Vec::new();
         let mut stack = vec![self.mf()];
+        // A tree visits each file once. Bounding the visits by the file count
+        // keeps a corrupt tree that lists children repeatedly (which
+        // `validate` refuses) from taking time exponential in its depth.
+        let mut steps = 0;
         while let Some(id) = stack.pop() {
+            steps += 1;
+            if steps > self.files.len() {
+                break;
+            }
             let Some(f) = self.get(id) else { continue };
             if f.df_name().is_some() {
                 out.push(id);
             }
             stack.extend(f.children().iter().rev().copied());
-            if out.len() > self.files.len() {
-                break;
-            }
         }
         out
     }
@@ -546,7 +551,8 @@ impl FileSystem {
     }
 
     /// Checks what deserialisation cannot: one MF, parent and child links
-    /// agreeing, no cycles, identifiers unique, bodies within limits.
+    /// agreeing, each file listed by one DF once, no cycles, identifiers
+    /// unique, bodies within limits.
     pub fn validate(&self) -> Result<(), FsError> {
         let bad = |m: String| Err(FsError::Inconsistent(m));
         let Some(mf) = self.get(self.mf()) else {
@@ -559,6 +565,7 @@ impl FileSystem {
             return bad(format!("{} files exceed {MAX_FILES}", self.files.len()));
         }
         let mut seen_names: Vec<&[u8]> = Vec::new();
+        let mut listed = BTreeSet::new();
         for (id, f) in &self.files {
             if id.0 >= self.next_id {
                 return bad(format!("file {} is beyond the id counter", id.0));
@@ -582,6 +589,12 @@ impl FileSystem {
                 };
                 if cf.parent != Some(*id) {
                     return bad(format!("file {} disowns its parent", c.0));
+                }
+                // With the parent check above this also refuses a child
+                // claimed by two DFs; identifiers alone miss a repeated
+                // child that has neither FID nor SFI.
+                if !listed.insert(*c) {
+                    return bad(format!("file {} is listed as a child twice", c.0));
                 }
                 if let Some(fid) = cf.fid {
                     if fids.contains(&fid) {

@@ -184,3 +184,52 @@ fn lifecycle_bytes() {
     assert_eq!(LifeCycle::from_byte(0x06), Some(LifeCycle::Deactivated));
     assert_eq!(LifeCycle::from_byte(0x02), None);
 }
+
+/// A chain of unnamed DFs without FID or SFI, each listing its child twice,
+/// as a crafted state file could hold them; a named DF sits at the bottom.
+fn doubled_chain(depth: usize) -> FileSystem {
+    let mut fs = FileSystem::new();
+    let mut at = fs.mf();
+    let mut chain = Vec::new();
+    for _ in 0..depth {
+        let mut spec = df(0, None);
+        spec.fid = None;
+        at = fs.create(at, spec).unwrap();
+        chain.push(at);
+    }
+    fs.create(at, df(0x5000, Some(b"\xF0deep"))).unwrap();
+    for id in std::iter::once(fs.mf()).chain(chain[..depth - 1].iter().copied()) {
+        if let Some(FileKind::Df { children, .. }) = fs.get_mut(id).map(|f| &mut f.kind) {
+            let c = children[0];
+            children.push(c);
+        }
+    }
+    fs
+}
+
+#[test]
+fn a_child_listed_twice_is_refused() {
+    let fs = doubled_chain(48);
+    let json = serde_json::to_string(&fs).unwrap();
+    let back: FileSystem = serde_json::from_str(&json).unwrap();
+    match back.validate() {
+        Err(FsError::Inconsistent(m)) => assert!(m.contains("listed as a child twice"), "{m}"),
+        other => panic!("accepted a repeated child: {other:?}"),
+    }
+    // Even unvalidated, a search by name stays linear in the file count
+    // (2^48 visits otherwise).
+    assert!(back.named_dfs().len() <= back.len());
+    let _ = back.find_by_name(b"\xF0deep", Occurrence::First, back.mf());
+
+    // A child claimed by a second DF is refused too.
+    let (mut fs, app, data, _) = sample();
+    let mut spec = df(0x6000, None);
+    spec.fid = Some(0x6000);
+    let other = fs.create(fs.mf(), spec).unwrap();
+    if let Some(FileKind::Df { children, .. }) = fs.get_mut(other).map(|f| &mut f.kind) {
+        children.push(data);
+    }
+    assert!(fs.get(app).unwrap().children().contains(&data));
+    let back: FileSystem = serde_json::from_str(&serde_json::to_string(&fs).unwrap()).unwrap();
+    assert!(matches!(back.validate(), Err(FsError::Inconsistent(_))));
+}
