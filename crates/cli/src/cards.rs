@@ -1,10 +1,10 @@
-//! Opening a card from what the user names on the command line: nothing (the
-//! built-in sample card), a card description file, or a card directory. The
-//! opening itself lives in `virtcard_daemon::card`, shared with `virtcard run`.
+//! The card the user names on the command line: nothing (the built-in
+//! sample card), a card description file, a card directory, or a relayed
+//! physical card. The daemon opens it, as for `virtcard run`.
 
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
-use virtcard_daemon::{CardSource, Daemon, OpenedCard, ReaderSpec};
+use virtcard_daemon::{CardSource, Daemon, ReaderSpec};
 use virtcard_runtime::Card;
 
 pub use virtcard_daemon::card::{CARD_FILE, STATE_FILE};
@@ -48,43 +48,33 @@ pub fn source(args: &CardArgs) -> Result<CardSource> {
     })
 }
 
-/// An opened card, with where it came from when that was a card file or
-/// the sample: a daemon then claims its state file, so that no second
-/// reader (say, one added with `virtcard ctl add-reader`) writes it too.
-pub struct Opened {
-    pub card: Box<dyn Card>,
-    pub from: Option<(CardSource, PathBuf)>,
+/// The card the user named: one for the daemon to open (which claims its
+/// state file, so that no second reader writes it), or a physical card
+/// relayed from PC/SC.
+pub enum Chosen {
+    Source(CardSource),
+    Made(Box<dyn Card>),
 }
 
-impl Opened {
-    /// A card made some other way (a relayed card, an NSS database).
-    pub fn made(card: Box<dyn Card>) -> Opened {
-        Opened { card, from: None }
-    }
-
+impl Chosen {
     /// Puts the card into a new reader of `daemon`.
     pub fn add_to(
         self,
         daemon: &Daemon,
         spec: ReaderSpec,
     ) -> std::result::Result<(), virtcard_daemon::Error> {
-        match self.from {
-            Some((source, state)) => daemon.add_reader_opened(
-                spec,
-                OpenedCard {
-                    card: self.card,
-                    state,
-                },
-                &source,
-            ),
-            None => daemon.add_reader_with_card(spec, Some(self.card)),
+        match self {
+            Chosen::Source(source) => daemon.add_reader(spec.with_card(source)),
+            Chosen::Made(card) => daemon.add_reader_with_card(spec, Some(card)),
         }
     }
 }
 
-/// Opens the card the arguments name, wrapped so that its state is saved
-/// before every response that changed it and its APDUs are traced.
-pub fn open(args: &CardArgs) -> Result<Opened> {
+/// The card the arguments name. Opened by a daemon whose state directory is
+/// [`state_home`], description cards keep their state where they always
+/// have; so does the sample card, whose state is named here because a
+/// daemon would otherwise keep one per reader.
+pub fn choose(args: &CardArgs) -> Result<Chosen> {
     if let Some(reader) = args
         .card
         .as_deref()
@@ -92,31 +82,21 @@ pub fn open(args: &CardArgs) -> Result<Opened> {
         .and_then(|p| p.strip_prefix("relay:"))
     {
         let card = crate::cmd::relay::open_card(reader)?;
-        return Ok(Opened::made(Box::new(virtcard_runtime::Traced::new(
+        return Ok(Chosen::Made(Box::new(virtcard_runtime::Traced::new(
             card, "relay",
         ))));
     }
-    let src = source(args)?;
-    // Only description and sample cards without --state need the state home.
-    let needs_home = matches!(
-        src,
-        CardSource::Sample { state: None } | CardSource::Description { state: None, .. }
-    );
-    let home = if needs_home {
-        state_home()?
-    } else {
-        PathBuf::new()
-    };
-    let opened = src.open(&home)?;
-    Ok(Opened {
-        card: opened.card,
-        from: Some((src, opened.state)),
-    })
+    Ok(Chosen::Source(match source(args)? {
+        CardSource::Sample { state: None } => CardSource::Sample {
+            state: Some(state_home()?.join("sample-card.json")),
+        },
+        other => other,
+    }))
 }
 
-/// Opens a card directory or description file, with its default state place.
-pub fn open_path(path: &Path) -> Result<Opened> {
-    open(&CardArgs {
+/// A card directory or description file, with its default state place.
+pub fn choose_path(path: &Path) -> Result<Chosen> {
+    choose(&CardArgs {
         card: Some(path.to_path_buf()),
         state: None,
     })

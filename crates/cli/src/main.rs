@@ -56,8 +56,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Vpcd(a) => cmd::vpcd::run(a),
         Cmd::Relay(a) => cmd::relay::run(a),
-        Cmd::Qemu(a) => cmd::qemu::run(a, cards::open_path),
-        Cmd::Vscclient(a) => cmd::vscclient::run(a, cards::open_path, &logging::set_debug),
+        Cmd::Qemu(a) => cmd::qemu::run(a),
+        Cmd::Vscclient(a) => cmd::vscclient::run(a, &logging::set_debug),
         Cmd::Card(c) => cmd::card::run(c),
         Cmd::Run(a) => cmd::run::run(a),
         Cmd::Ctl(a) => cmd::ctl::run(a),

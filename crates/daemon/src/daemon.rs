@@ -400,21 +400,6 @@ impl Daemon {
         self.add_opened(&spec, card)
     }
 
-    /// Adds one reader with a card the caller opened from `source` (say, with
-    /// options of its own). The card's state file is claimed as for cards
-    /// the daemon opens: no other reader may take the same card.
-    pub fn add_reader_opened(
-        &self,
-        spec: ReaderSpec,
-        card: crate::card::OpenedCard,
-        source: &CardSource,
-    ) -> Result<(), Error> {
-        self.add_opened(
-            &spec,
-            Some((card.card, Some(card.state), source.to_string())),
-        )
-    }
-
     fn open_for(&self, spec: &ReaderSpec) -> Result<Option<Opened>, Error> {
         check_name(&spec.name).map_err(|problem| Error::Invalid {
             reader: spec.name.clone(),

@@ -14,8 +14,8 @@ use virtcard_daemon::{Options, Presentation, ReaderSpec};
 use virtcard_transport::vscard::Endpoint;
 
 use super::hotplug::Source;
-use super::serve::{self, ControlArgs, Serving};
-use crate::cards::Opened;
+use super::serve::{ControlArgs, Serving};
+use crate::cards::{self, Chosen};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -170,57 +170,65 @@ pub fn start(
     inserted: bool,
     name: &str,
     control: Option<&Path>,
-    open: &dyn Fn(&Path) -> Result<Opened>,
 ) -> Result<Serving> {
     let mut cards = Vec::new();
-    for (endpoint, target) in &targets {
+    for (_, target) in &targets {
         cards.push(match target {
-            Target::Card(path) => {
-                let card =
-                    open(path).with_context(|| format!("cannot open {}", path.display()))?;
-                let atr: String = card.card.atr().iter().map(|b| format!("{b:02X}")).collect();
-                tracing::info!(card = %card.card.kind(), %atr, "serving {} to QEMU at {endpoint}", path.display());
-                Some(card)
-            }
-            Target::Passthru(Some(r)) => {
-                tracing::info!("passing the card in PC/SC reader {r:?} through to QEMU at {endpoint}");
-                None
-            }
-            Target::Passthru(None) => {
-                tracing::info!("passing the first card found in any PC/SC reader through to QEMU at {endpoint}");
-                None
-            }
+            Target::Card(path) => Some(cards::choose_path(path)?),
+            Target::Passthru(_) => None,
         });
     }
-    let mut serving = Serving::start(Options::new(serve::default_state_dir()), control)?;
+    let mut serving = Serving::start(Options::new(cards::state_home()?), control)?;
+    let mut specs = Vec::new();
+    let mut others = Vec::new();
     for (i, ((endpoint, target), card)) in targets.into_iter().zip(cards).enumerate() {
         let reader = reader_name(name, i);
-        let mut spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint.clone()));
+        let mut spec = ReaderSpec::new(&reader, Presentation::Qemu(endpoint));
         spec.inserted = inserted;
         spec.peer_name = Some(name.to_string());
-        let added = match card {
-            Some(card) => card.add_to(&serving.daemon, spec),
-            None => serving.daemon.add_reader_with_card(spec, None),
+        match (card, target) {
+            (Some(Chosen::Source(source)), _) => specs.push(spec.with_card(source)),
+            (card, target) => others.push((spec, card, target)),
         }
-        .with_context(|| format!("cannot start the client for {endpoint}"))
-        .and_then(|()| match target {
-            Target::Passthru(r) => serving.follow(&reader, Source::Readers(r)),
-            Target::Card(_) => Ok(()),
-        });
-        added?;
+    }
+    // All or none: every card is opened before any of these readers starts.
+    serving.daemon.add_readers(&specs)?;
+    for (spec, card, target) in others {
+        let reader = spec.name.clone();
+        match (card, target) {
+            (Some(card), _) => card.add_to(&serving.daemon, spec)?,
+            (None, Target::Passthru(r)) => {
+                match &r {
+                    Some(r) => tracing::info!(
+                        "passing the card in PC/SC reader {r:?} through to QEMU ({})",
+                        spec.presentation
+                    ),
+                    None => tracing::info!(
+                        "passing the first card found in any PC/SC reader through to QEMU ({})",
+                        spec.presentation
+                    ),
+                }
+                serving.daemon.add_reader_with_card(spec, None)?;
+                serving.follow(&reader, Source::Readers(r))?;
+            }
+            (None, Target::Card(_)) => {}
+        }
+    }
+    for spec in &specs {
+        let (kind, atr) = serving.card_of(&spec.name);
+        tracing::info!(card = %kind, %atr, "serving it to QEMU as reader {}: {}", spec.name, spec.presentation);
     }
     Ok(serving)
 }
 
 /// Runs until SIGINT or SIGTERM, then removes every card and reader.
-pub fn run(args: Args, open: impl Fn(&Path) -> Result<Opened>) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     let targets = targets(&args)?;
     let serving = start(
         targets,
         !args.removed,
         &args.reader_name,
         args.control.control.as_deref(),
-        &open,
     )?;
     serving.wait();
     tracing::info!("shutting down: removing the card(s) from the guest");

@@ -77,6 +77,14 @@ impl Serving {
         Ok(())
     }
 
+    /// Type and ATR of the card in `reader`, for the log.
+    pub fn card_of(&self, reader: &str) -> (String, String) {
+        self.daemon
+            .reader(reader)
+            .and_then(|r| r.card)
+            .map_or_else(Default::default, |c| (c.kind, c.atr))
+    }
+
     /// Whether SIGINT or SIGTERM arrived.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)

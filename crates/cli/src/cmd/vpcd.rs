@@ -1,6 +1,6 @@
 //! `virtcard vpcd`: one card in one vpcd reader slot, until interrupted.
 
-use super::serve::{self, ControlArgs, Serving};
+use super::serve::{ControlArgs, Serving};
 use crate::cards::{self, CardArgs};
 use anyhow::{anyhow, Context, Result};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -64,16 +64,14 @@ pub fn run(args: Args) -> Result<()> {
         Some(spec) => Mode::Listen(listen_addr(spec, port)?),
         None => Mode::Connect(resolve(&args.host, port)?),
     };
-    let card = cards::open(&args.card)?;
-    let kind = card.card.kind().to_string();
-    let atr: String = card.card.atr().iter().map(|b| format!("{b:02X}")).collect();
+    let card = cards::choose(&args.card)?;
     let serving = Serving::start(
-        Options::new(serve::default_state_dir()),
+        Options::new(cards::state_home()?),
         args.control.control.as_deref(),
     )?;
     let spec = ReaderSpec::new("virtcard", Presentation::Vpcd(mode));
-    card.add_to(&serving.daemon, spec)
-        .with_context(|| format!("cannot start the vpcd reader ({mode:?})"))?;
+    card.add_to(&serving.daemon, spec)?;
+    let (kind, atr) = serving.card_of("virtcard");
     match mode {
         Mode::Connect(a) => tracing::info!(card = %kind, %atr, "serving the card to vpcd at {a}"),
         Mode::Listen(a) => tracing::info!(card = %kind, %atr, "waiting for vpcd to connect on {a}"),

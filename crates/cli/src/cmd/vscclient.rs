@@ -13,12 +13,12 @@
 //! given with `--card` is served instead.
 
 use std::io::{self, BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::hotplug;
 use super::serve::{self, ControlArgs, Serving};
-use crate::cards::Opened;
+use crate::cards::{self, Chosen};
 use anyhow::{bail, Context, Result};
 use virtcard_daemon::{
     name_from, Connection, Daemon, Options, Presentation, ReaderSpec, ReaderStatus,
@@ -552,20 +552,14 @@ impl<'a> Shell<'a> {
 
 /// Runs the client and the stdin shell. On end of input the client keeps
 /// serving until SIGINT/SIGTERM, so vscclient can run without a terminal.
-pub fn run(
-    args: Args,
-    open: impl Fn(&Path) -> Result<Opened>,
-    set_debug: &dyn Fn(u32),
-) -> Result<()> {
+pub fn run(args: Args, set_debug: &dyn Fn(u32)) -> Result<()> {
     let emulation = parse_emulation(&args)?;
     let mut reader_name = "virtcard".to_string();
     let card: Serve = if let Some(card_path) = &args.card {
         if !emulation.soft.is_empty() {
             bail!("--card and NSS soft cards (-c, -e soft=…) exclude each other");
         }
-        Serve::Card(
-            open(card_path).with_context(|| format!("cannot open {}", card_path.display()))?,
-        )
+        Serve::Card(cards::choose_path(card_path)?)
     } else if let Some(first) = emulation.soft.first() {
         if emulation.soft.len() > 1 {
             tracing::warn!(
@@ -574,7 +568,7 @@ pub fn run(
             );
         }
         reader_name = first.reader.clone();
-        Serve::Card(Opened::made(nss_soft_card(emulation.db(), first)?))
+        Serve::Card(Chosen::Made(nss_soft_card(emulation.db(), first)?))
     } else if emulation.use_hw != UseHw::No && emulation.hw_type == HwType::Passthru {
         // libcacard's PASSTHRU: the physical card of the first PC/SC reader
         // holding one, relayed APDU by APDU; readers and cards may come later.
@@ -667,7 +661,7 @@ pub fn run(
 
 /// What the VSCard connection serves: one card, or cards that come and go.
 enum Serve {
-    Card(Opened),
+    Card(Chosen),
     Hot(hotplug::Source),
 }
 
