@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use super::atr::{qemu_check, QEMU_MAX_ATR};
 use super::frame::{
-    encode, error_code, init_payload, Header, MsgType, HEADER_LEN, MAX_PAYLOAD, READER_ID,
-    UNDEFINED_READER_ID,
+    encode, error_code, init_payload, Decoder, Frame, MsgType, READER_ID, UNDEFINED_READER_ID,
 };
 use super::session::MAX_GUEST_RESPONSE;
 
@@ -46,7 +45,7 @@ pub enum GuestAnswer {
 /// QEMU's `ccid-card-passthru` plus the slot state the guest observes.
 #[derive(Debug, Default)]
 pub struct Host {
-    input: Vec<u8>,
+    input: Decoder,
     /// Set when a header announced more than the input buffer holds: QEMU
     /// then stops reading for good, without disconnecting.
     stalled: bool,
@@ -79,28 +78,17 @@ impl Host {
         if self.stalled {
             return;
         }
-        self.input.extend_from_slice(bytes);
+        self.input.push(bytes);
         loop {
-            let Some(head) = self.input.first_chunk::<HEADER_LEN>() else {
-                return;
-            };
-            let header = Header::parse(head);
-            let len = header.length as u64;
-            if len > MAX_PAYLOAD as u64 {
-                self.log(format!(
-                    "message of type {:X} announces {len} bytes; input stalls",
-                    header.msg_type.to_u32()
-                ));
-                self.stalled = true;
-                return;
+            match self.input.next_frame() {
+                Ok(Some(frame)) => self.handle(frame),
+                Ok(None) => return,
+                Err(e) => {
+                    self.log(format!("{e}; input stalls"));
+                    self.stalled = true;
+                    return;
+                }
             }
-            let total = HEADER_LEN + len as usize;
-            let Some(payload) = self.input.get(HEADER_LEN..total) else {
-                return;
-            };
-            let payload = payload.to_vec();
-            self.input.drain(..total);
-            self.handle(header, payload);
         }
     }
 
@@ -161,10 +149,14 @@ impl Host {
     /// a partial message stays buffered for the next client.
     pub fn disconnected(&mut self) {}
 
-    fn handle(&mut self, header: Header, payload: Vec<u8>) {
-        let id = header.reader_id;
-        self.received.push((header.msg_type, id, payload.clone()));
-        match header.msg_type {
+    fn handle(&mut self, frame: Frame) {
+        let Frame {
+            msg_type,
+            reader_id: id,
+            payload,
+        } = frame;
+        self.received.push((msg_type, id, payload.clone()));
+        match msg_type {
             MsgType::Init => {
                 match payload.get(..4) {
                     Some(m) if m == b"VSCD" => {}
@@ -233,7 +225,7 @@ impl Host {
             MsgType::Flush | MsgType::FlushComplete | MsgType::Unknown(_) => {
                 self.log(format!(
                     "unexpected message of type {:X}",
-                    header.msg_type.to_u32()
+                    msg_type.to_u32()
                 ));
                 self.reply(id, error_code::GENERAL_ERROR);
             }
